@@ -1,0 +1,416 @@
+"""Gateway configuration: read once, validated entirely at start.
+
+A gateway that starts with a typo in its configuration relays mail in a way
+nobody intended; so every key is known, every value checked, and the first
+problem is reported as ``file:line:col: key: message`` before a socket opens.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from milter.yamlsource import KeyPath, Source, SourceError, load_file
+
+DEFAULT_PATH = "/etc/milter/gateway.yaml"
+TLS_POLICIES = ("none", "opportunistic", "required", "verify")
+ON_ERROR = ("tempfail", "deliver", "quarantine")
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(i?[bB])?\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+class ConfigError(SourceError):
+    """An invalid gateway configuration."""
+
+
+def default_config_path() -> str:
+    return os.environ.get("MILTER_CONFIG") or DEFAULT_PATH
+
+
+@dataclass(frozen=True)
+class Route:
+    """A next hop: ``smtp://host:port``, ``smtps://host:port`` or ``maildir:PATH``."""
+
+    name: str
+    url: str
+    tls: str = "opportunistic"
+    scheme: str = "smtp"
+    host: str = ""
+    port: int = 25
+    path: str = ""            # maildir
+    timeout: float = 60.0
+    username: str | None = None
+    password: str | None = None
+
+
+@dataclass(frozen=True)
+class InspectLimits:
+    """Bounds on inspection; reaching one is an ``unscannable`` finding, never a crash."""
+
+    max_bytes: int = 50 << 20
+    mime_depth: int = 20
+    mime_parts: int = 500
+    archive_depth: int = 4
+    archive_entries: int = 1000
+    expanded_bytes: int = 100 << 20
+    expansion_ratio: float = 100.0
+    text_bytes: int = 2 << 20
+    time_budget: float = 10.0
+
+
+@dataclass(frozen=True)
+class QuarantineConfig:
+    database: str = "sqlite:///var/lib/milter/quarantine.sqlite3"
+    spool: str = "/var/lib/milter/spool"
+    retention: float = 30 * 86400.0
+
+
+@dataclass(frozen=True)
+class NoticesConfig:
+    sender: str = "postmaster@jakarta.go.id"
+    officers: tuple[str, ...] = ()
+    templates: str | None = None
+    rate_limit: int = 20           # notices per sender per hour
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class DkimKey:
+    domain: str
+    selector: str
+    key_file: str
+    headers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The whole gateway configuration (DESIGN.md section 3)."""
+
+    path: str = ""
+    listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 2525),)
+    hostname: str = "localhost"
+    clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    max_message_size: int = 50 << 20
+    max_recipients: int = 1000
+    max_line_length: int = 998 + 2
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+    max_connections_per_client: int = 100
+    max_connections: int = 1000
+    spool_threshold: int = 1 << 20
+    spool_dir: str = ""
+    upstream: Route = field(default_factory=lambda: Route("upstream", "smtp://127.0.0.1:10025",
+                                                          host="127.0.0.1", port=10025))
+    routes: dict[str, Route] = field(default_factory=dict)
+    policy: tuple[str, ...] = ()
+    quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
+    notices: NoticesConfig = field(default_factory=NoticesConfig)
+    dkim: tuple[DkimKey, ...] = ()
+    metrics: tuple[str, int] | None = None
+    on_error: str = "tempfail"
+    workers: int = 1
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    inspect: InspectLimits = field(default_factory=InspectLimits)
+    log_level: str = "INFO"
+
+    def route(self, name: str) -> Route:
+        return self.upstream if name == "upstream" else self.routes[name]
+
+
+def parse_size(value: Any) -> int:
+    """``50MB``, ``512k``, ``1048576`` -> bytes (binary multiples, as Postfix does)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 50MB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    m = _SIZE.match(str(value))
+    if not m:
+        raise ValueError(f"expected a size such as 50MB, got {value!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def parse_duration(value: Any) -> float:
+    """``30d``, ``5m``, ``90s``, ``250ms``, ``60`` (seconds) -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30d")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"expected a duration such as 30d or 5m, got {value!r}")
+    return float(m.group(1)) * _SECONDS[m.group(2)]
+
+
+def parse_hostport(value: Any, default_port: int | None = None) -> tuple[str, int]:
+    """``127.0.0.1:2525``, ``[::1]:2525``, ``localhost:25`` -> (host, port)."""
+    text = str(value).strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_s = rest.lstrip(":")
+    elif text.count(":") == 1:
+        host, _, port_s = text.partition(":")
+    elif ":" not in text and default_port is not None:
+        host, port_s = text, str(default_port)
+    else:
+        raise ValueError(f"expected host:port, got {value!r}")
+    if not host:
+        raise ValueError(f"missing host in {value!r}")
+    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise ValueError(f"bad port in {value!r}")
+    return host, int(port_s)
+
+
+class _Reader:
+    """Walks the YAML data, checking types and keys, raising located errors."""
+
+    def __init__(self, src: Source) -> None:
+        self.src = src
+        self.base = Path(src.file).resolve().parent
+
+    def fail(self, path: KeyPath, message: str) -> ConfigError:
+        e = self.src.error(path, message)
+        return ConfigError(e.file, e.line, e.col, e.message)
+
+    def mapping(self, value: Any, path: KeyPath, known: set[str]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(path, "expected a mapping")
+        for k in value:
+            if k not in known:
+                hint = ", ".join(sorted(known))
+                raise self.fail((*path, k), f"unknown key (known keys: {hint})")
+        return value
+
+    def conv(self, value: Any, path: KeyPath, fn: Any) -> Any:
+        try:
+            return fn(value)
+        except (ValueError, TypeError) as exc:
+            raise self.fail(path, str(exc)) from None
+
+    def string(self, value: Any, path: KeyPath) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(path, "expected a non-empty string")
+        return value.strip()
+
+    def integer(self, value: Any, path: KeyPath, minimum: int = 0) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(path, f"expected an integer >= {minimum}")
+        return value
+
+    def strings(self, value: Any, path: KeyPath) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise self.fail(path, "expected a list of strings")
+        return tuple(self.string(v, (*path, i)) for i, v in enumerate(value))
+
+    def path(self, value: Any, path: KeyPath) -> str:
+        p = Path(self.string(value, path)).expanduser()
+        return str(p if p.is_absolute() else (self.base / p))
+
+    def readable(self, value: Any, path: KeyPath) -> str:
+        p = self.path(value, path)
+        try:
+            with open(p, "rb"):
+                pass
+        except OSError as exc:
+            raise self.fail(path, f"cannot read {p}: {exc.strerror}") from None
+        return p
+
+    def route(self, name: str, value: Any, path: KeyPath) -> Route:
+        if isinstance(value, str):
+            value = {"url": value}
+        spec = self.mapping(value, path, {"url", "tls", "timeout", "username", "password"})
+        if "url" not in spec:
+            raise self.fail(path, "a route needs a url")
+        url = self.string(spec["url"], (*path, "url"))
+        tls = spec.get("tls", "opportunistic")
+        if tls not in TLS_POLICIES:
+            raise self.fail((*path, "tls"), f"expected one of {', '.join(TLS_POLICIES)}")
+        timeout = self.conv(spec.get("timeout", 60), (*path, "timeout"), parse_duration)
+        user = spec.get("username")
+        password = spec.get("password")
+        if url.startswith("maildir:"):
+            return Route(name, url, "none", "maildir",
+                         path=self.path(url[len("maildir:"):], (*path, "url")), timeout=timeout)
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps"):
+            raise self.fail((*path, "url"), "expected smtp://host:port, smtps://host:port "
+                            "or maildir:PATH")
+        if not parts.hostname:
+            raise self.fail((*path, "url"), "missing host")
+        try:
+            port = parts.port or (465 if parts.scheme == "smtps" else 25)
+        except ValueError:
+            raise self.fail((*path, "url"), "bad port") from None
+        if parts.scheme == "smtps" and tls in ("none", "opportunistic"):
+            tls = "required"
+        return Route(name, url, tls, parts.scheme, parts.hostname, port, timeout=timeout,
+                     username=user if isinstance(user, str) else parts.username,
+                     password=password if isinstance(password, str) else parts.password)
+
+
+_TOP = {"listen", "hostname", "clients", "max_message_size", "max_recipients",
+        "max_line_length", "command_timeout", "data_timeout", "max_connections_per_client",
+        "max_connections", "spool_threshold", "spool_dir", "upstream", "routes", "policy",
+        "quarantine", "notices", "dkim", "metrics", "on_error", "workers", "tls",
+        "inspect", "log_level"}
+
+
+def from_source(src: Source) -> GatewayConfig:
+    """Validate parsed YAML into a GatewayConfig, or raise ConfigError naming the spot."""
+    r = _Reader(src)
+    d = r.mapping(src.data, (), _TOP)
+    kw: dict[str, Any] = {"path": src.file}
+    if "listen" in d:
+        kw["listen"] = tuple(r.conv(v, ("listen", i), parse_hostport)
+                             for i, v in enumerate(r.strings(d["listen"], ("listen",))))
+        if not kw["listen"]:
+            raise r.fail(("listen",), "at least one address is needed")
+    if "hostname" in d:
+        kw["hostname"] = r.string(d["hostname"], ("hostname",))
+    if "clients" in d:
+        kw["clients"] = tuple(r.conv(v, ("clients", i), lambda s: ipaddress.ip_network(s, False))
+                              for i, v in enumerate(r.strings(d["clients"], ("clients",))))
+    for key in ("max_message_size", "spool_threshold"):
+        if key in d:
+            kw[key] = r.conv(d[key], (key,), parse_size)
+    for key in ("max_recipients", "max_line_length", "max_connections_per_client",
+                "max_connections"):
+        if key in d:
+            kw[key] = r.integer(d[key], (key,), 1)
+    for key in ("command_timeout", "data_timeout"):
+        if key in d:
+            kw[key] = r.conv(d[key], (key,), parse_duration)
+    if "spool_dir" in d:
+        kw["spool_dir"] = r.path(d["spool_dir"], ("spool_dir",))
+    if "upstream" in d:
+        kw["upstream"] = r.route("upstream", d["upstream"], ("upstream",))
+    if "routes" in d:
+        routes = d["routes"]
+        if not isinstance(routes, dict):
+            raise r.fail(("routes",), "expected a mapping of route names")
+        if "upstream" in routes:
+            raise r.fail(("routes", "upstream"), "'upstream' is reserved for the upstream key")
+        kw["routes"] = {n: r.route(n, v, ("routes", n)) for n, v in routes.items()}
+    if "policy" in d:
+        kw["policy"] = tuple(r.readable(v, ("policy", i) if isinstance(d["policy"], list)
+                                        else ("policy",))
+                             for i, v in enumerate(r.strings(d["policy"], ("policy",))))
+    if "quarantine" in d:
+        q = r.mapping(d["quarantine"], ("quarantine",), {"database", "spool", "retention"})
+        qkw: dict[str, Any] = {}
+        if "database" in q:
+            db = r.string(q["database"], ("quarantine", "database"))
+            if db.startswith("sqlite:///"):
+                rel = db[len("sqlite:///"):]
+                db = "sqlite:///" + (rel if rel.startswith("/") else str(r.base / rel))
+            elif not db.startswith(("postgresql://", "postgres://")):
+                raise r.fail(("quarantine", "database"),
+                             "expected sqlite:///PATH or postgresql://...")
+            qkw["database"] = db
+        if "spool" in q:
+            qkw["spool"] = r.path(q["spool"], ("quarantine", "spool"))
+        if "retention" in q:
+            qkw["retention"] = r.conv(q["retention"], ("quarantine", "retention"),
+                                      parse_duration)
+        kw["quarantine"] = QuarantineConfig(**qkw)
+    if "notices" in d:
+        n = r.mapping(d["notices"], ("notices",),
+                      {"from", "officers", "templates", "rate_limit", "enabled"})
+        nkw: dict[str, Any] = {}
+        if "from" in n:
+            nkw["sender"] = _address(r, n["from"], ("notices", "from"))
+        if "officers" in n:
+            nkw["officers"] = tuple(_address(r, a, ("notices", "officers", i))
+                                    for i, a in enumerate(r.strings(n["officers"],
+                                                                    ("notices", "officers"))))
+        if "templates" in n:
+            nkw["templates"] = r.path(n["templates"], ("notices", "templates"))
+        if "rate_limit" in n:
+            nkw["rate_limit"] = r.integer(n["rate_limit"], ("notices", "rate_limit"))
+        if "enabled" in n:
+            nkw["enabled"] = bool(n["enabled"])
+        kw["notices"] = NoticesConfig(**nkw)
+    if "dkim" in d:
+        keys = d["dkim"] or []
+        if not isinstance(keys, list):
+            raise r.fail(("dkim",), "expected a list of keys")
+        out = []
+        for i, k in enumerate(keys):
+            p: KeyPath = ("dkim", i)
+            spec = r.mapping(k, p, {"domain", "selector", "key_file", "headers"})
+            for req in ("domain", "selector", "key_file"):
+                if req not in spec:
+                    raise r.fail(p, f"missing {req}")
+            out.append(DkimKey(r.string(spec["domain"], (*p, "domain")).lower(),
+                               r.string(spec["selector"], (*p, "selector")),
+                               r.readable(spec["key_file"], (*p, "key_file")),
+                               r.strings(spec.get("headers", []), (*p, "headers"))))
+        kw["dkim"] = tuple(out)
+    if d.get("metrics") is not None:
+        kw["metrics"] = r.conv(d["metrics"], ("metrics",), parse_hostport)
+    if "on_error" in d:
+        if d["on_error"] not in ON_ERROR:
+            raise r.fail(("on_error",), f"expected one of {', '.join(ON_ERROR)}")
+        kw["on_error"] = d["on_error"]
+    if "workers" in d:
+        kw["workers"] = r.integer(d["workers"], ("workers",), 1)
+    if "tls" in d:
+        t = r.mapping(d["tls"], ("tls",), {"cert", "key"})
+        if "cert" not in t or "key" not in t:
+            raise r.fail(("tls",), "STARTTLS needs both cert and key")
+        kw["tls_cert"] = r.readable(t["cert"], ("tls", "cert"))
+        kw["tls_key"] = r.readable(t["key"], ("tls", "key"))
+    if "inspect" in d:
+        names = set(InspectLimits.__dataclass_fields__)
+        lim = r.mapping(d["inspect"], ("inspect",), names)
+        lkw: dict[str, Any] = {}
+        for k, v in lim.items():
+            p = ("inspect", k)
+            if k in ("max_bytes", "expanded_bytes", "text_bytes"):
+                lkw[k] = r.conv(v, p, parse_size)
+            elif k == "time_budget":
+                lkw[k] = r.conv(v, p, parse_duration)
+            elif k == "expansion_ratio":
+                lkw[k] = r.conv(v, p, float)
+            else:
+                lkw[k] = r.integer(v, p, 1)
+        kw["inspect"] = InspectLimits(**lkw)
+    if "log_level" in d:
+        lvl = str(d["log_level"]).upper()
+        if lvl not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise r.fail(("log_level",), "expected DEBUG, INFO, WARNING or ERROR")
+        kw["log_level"] = lvl
+    return GatewayConfig(**kw)
+
+
+def _address(r: _Reader, value: Any, path: KeyPath) -> str:
+    s = r.string(value, path)
+    if s.count("@") != 1 or s.startswith("@") or s.endswith("@") or any(c in s for c in " <>"):
+        raise r.fail(path, f"not a mail address: {s!r}")
+    return s
+
+
+def load(path: str | Path) -> GatewayConfig:
+    """Read and validate the gateway configuration file."""
+    try:
+        src = load_file(path)
+    except SourceError as exc:
+        raise ConfigError(exc.file, exc.line, exc.col, exc.message) from None
+    return from_source(src)
