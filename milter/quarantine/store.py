@@ -1,0 +1,338 @@
+"""The quarantine store: the interface the gateway and the officers' CLI rely on.
+
+A quarantined message is evidence. The gateway answers ``250`` only once both the
+original bytes and the record describing them are durable, so a crash at any point
+leaves either nothing (the client retries after its ``4xx``) or a complete record.
+Every change of a record's status and every officer action goes into an audit log
+whose entries each carry the SHA-256 of the previous one: editing, deleting or
+reordering a row breaks the chain, which ``verify_audit`` reports.
+
+Two back-ends implement it: ``milter.quarantine.sqlite`` (one node, the default) and
+``milter.quarantine.postgres`` (several nodes sharing one database). ``open_store``
+picks one from the configured URL.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from milter.config import QuarantineConfig
+from milter.envelope import new_id
+
+HELD = "held"
+RELEASED = "released"
+DELETED = "deleted"
+EXPIRED = "expired"
+STATUSES = (HELD, RELEASED, DELETED, EXPIRED)
+
+# The audit action recorded for each status a record moves into, unless the caller
+# names a more precise one (for example ``release-failed`` when moving back to held).
+ACTION_FOR_STATUS = {HELD: "hold", RELEASED: "release", DELETED: "delete", EXPIRED: "expire"}
+
+GENESIS = "0" * 64
+
+# Named points inside ``put`` where a test can stop the process to prove crash safety.
+STEP_SPOOL_WRITTEN = "spool-written"  # temp file written and fsync'd, not yet renamed
+STEP_SPOOL_RENAMED = "spool-renamed"  # renamed and directory fsync'd, row not committed
+STEP_COMMITTED = "committed"  # row committed
+
+StepHook = Callable[[str], None]
+
+
+class QuarantineError(Exception):
+    """Base of every quarantine store failure."""
+
+
+class StoreUnavailable(QuarantineError):
+    """The database or spool cannot be opened or written."""
+
+
+class NotFound(QuarantineError):
+    """No such quarantine id, or its message bytes are gone (deleted or expired)."""
+
+
+class StateConflict(QuarantineError):
+    """A transition was refused because the record is not in the expected status."""
+
+    def __init__(self, qid: str, status: str, expected: str | None) -> None:
+        super().__init__(f"{qid} is {status}, not {expected}")
+        self.qid, self.status, self.expected = qid, status, expected
+
+
+@dataclass(frozen=True)
+class QuarantineRecord:
+    """What was held, why, and for whom; enough to explain and to release it."""
+
+    id: str
+    received_at: float
+    client: str
+    sender: str
+    recipients: tuple[str, ...]  # the recipients held, not every envelope recipient
+    subject: str
+    size: int
+    classification: str | None = None
+    labels: tuple[str, ...] = ()
+    rules: tuple[str, ...] = ()
+    clauses: tuple[str, ...] = ()
+    findings: Mapping[str, Any] = field(default_factory=dict)
+    status: str = HELD
+    route: str = "upstream"  # where the held recipients would have gone
+    queue_id: str = ""
+    updated_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "received_at": self.received_at,
+            "client": self.client,
+            "sender": self.sender,
+            "recipients": list(self.recipients),
+            "subject": self.subject,
+            "size": self.size,
+            "classification": self.classification,
+            "labels": list(self.labels),
+            "rules": list(self.rules),
+            "clauses": list(self.clauses),
+            "findings": dict(self.findings),
+            "status": self.status,
+            "route": self.route,
+            "queue_id": self.queue_id,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One line of the audit trail; ``hash`` covers every other field and ``prev_hash``."""
+
+    seq: int
+    at: float
+    actor: str
+    action: str
+    qid: str
+    reason: str
+    prev_hash: str
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "actor": self.actor,
+            "action": self.action,
+            "id": self.qid,
+            "reason": self.reason,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+def audit_hash(
+    prev_hash: str, *, seq: int, at: float, actor: str, action: str, qid: str, reason: str
+) -> str:
+    """The chained digest of one entry: canonical JSON, so every back-end agrees."""
+    body = json.dumps(
+        [prev_hash, seq, repr(float(at)), actor, action, qid, reason],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def _entry_hash(e: AuditEntry) -> str:
+    return audit_hash(
+        e.prev_hash, seq=e.seq, at=e.at, actor=e.actor, action=e.action, qid=e.qid, reason=e.reason
+    )
+
+
+def chain_problems(entries: Iterable[AuditEntry]) -> list[str]:
+    """Every break in the chain, in words; empty when the log is intact.
+
+    Removing the newest entries leaves a shorter but consistent chain; the back-ends
+    therefore also compare each record's status with its last audited action.
+    """
+    problems: list[str] = []
+    prev = GENESIS
+    expected_seq = 1
+    for e in entries:
+        if e.seq != expected_seq:
+            problems.append(f"entry {e.seq}: expected sequence {expected_seq} (entry missing)")
+        if e.prev_hash != prev:
+            problems.append(f"entry {e.seq}: does not follow the previous entry")
+        if _entry_hash(e) != e.hash:
+            problems.append(f"entry {e.seq}: content does not match its hash (edited)")
+        prev = e.hash
+        expected_seq = e.seq + 1
+    return problems
+
+
+# Which audited action must be the last one for a record in a given status.
+_LAST_ACTION_FOR_STATUS = {
+    HELD: {"quarantine", "hold", "release-failed"},
+    RELEASED: {"release", "release-partial"},
+    DELETED: {"delete"},
+    EXPIRED: {"expire"},
+}
+
+
+_STATUS_ACTIONS = set().union(*_LAST_ACTION_FOR_STATUS.values())
+
+
+def status_problems(statuses: Mapping[str, str], entries: Iterable[AuditEntry]) -> list[str]:
+    """Records whose status the audit log does not account for (truncated or forged)."""
+    last: dict[str, str] = {}
+    for e in entries:
+        if e.action in _STATUS_ACTIONS:
+            last[e.qid] = e.action
+    problems = []
+    for qid, status in sorted(statuses.items()):
+        action = last.get(qid)
+        if action is None:
+            problems.append(f"record {qid}: no audit entry")
+        elif action not in _LAST_ACTION_FOR_STATUS.get(status, set()):
+            problems.append(f"record {qid}: status {status} but last audited action is {action}")
+    return problems
+
+
+def matches(
+    record: QuarantineRecord,
+    status: str | None,
+    since: float | None,
+    sender: str | None,
+    rule: str | None,
+) -> bool:
+    """The list filter, shared by the back-ends so both answer the same way.
+
+    ``sender`` is an address (case-insensitive) or ``@domain``.
+    """
+    if status is not None and record.status != status:
+        return False
+    if since is not None and record.received_at < since:
+        return False
+    if sender:
+        s = sender.lower()
+        have = record.sender.lower()
+        if s.startswith("@"):
+            if not have.endswith(s):
+                return False
+        elif have != s:
+            return False
+    return rule is None or rule in record.rules
+
+
+def record_for_put(record: QuarantineRecord) -> QuarantineRecord:
+    """The record as stored: a fresh id when none was given, status ``held``."""
+    return replace(record, id=record.id or new_id(), status=HELD, updated_at=None)
+
+
+def encode_list(values: Sequence[str]) -> str:
+    return json.dumps(list(values), ensure_ascii=False)
+
+
+def decode_list(text: str | None) -> tuple[str, ...]:
+    return tuple(str(v) for v in json.loads(text or "[]"))
+
+
+def check_status(new_status: str) -> None:
+    if new_status not in STATUSES:
+        raise QuarantineError(f"unknown status {new_status!r}; expected one of {STATUSES}")
+
+
+class QuarantineStore(ABC):
+    """The durable quarantine and its audit log; every method is safe to call from threads."""
+
+    @abstractmethod
+    def put(self, data: bytes, record: QuarantineRecord) -> str:
+        """Store the message and its record durably; return the quarantine id.
+
+        The id is ``record.id``, or a fresh one when that is empty. When this returns,
+        both the bytes and the record survive a crash; when it raises, neither exists.
+        """
+
+    @abstractmethod
+    def get(self, qid: str) -> QuarantineRecord | None: ...
+
+    @abstractmethod
+    def list(
+        self,
+        status: str | None = None,
+        since: float | None = None,
+        sender: str | None = None,
+        rule: str | None = None,
+    ) -> builtins.list[QuarantineRecord]:
+        """Records matching every given filter, oldest first."""
+
+    @abstractmethod
+    def read(self, qid: str) -> bytes:
+        """The original message bytes; NotFound when unknown, deleted or expired."""
+
+    @abstractmethod
+    def transition(
+        self,
+        qid: str,
+        new_status: str,
+        actor: str,
+        reason: str,
+        *,
+        expected: str | None = HELD,
+        action: str | None = None,
+    ) -> QuarantineRecord:
+        """Move a record to ``new_status`` and audit it, atomically.
+
+        Refused with StateConflict unless the record is in ``expected`` (None accepts
+        any status), so two officers cannot both release one message. Moving to
+        ``deleted`` or ``expired`` discards the message bytes.
+        """
+
+    @abstractmethod
+    def expire(self, now: float, retention: float) -> builtins.list[str]:
+        """Expire held records older than ``retention`` seconds; return their ids.
+
+        Also discards bytes left behind by interrupted writes and by records that
+        are no longer held.
+        """
+
+    @abstractmethod
+    def append_audit(self, actor: str, action: str, qid: str, reason: str) -> AuditEntry:
+        """Record an officer action that changes no status (for example an export)."""
+
+    @abstractmethod
+    def audit_entries(self) -> builtins.list[AuditEntry]: ...
+
+    @abstractmethod
+    def verify_audit(self) -> builtins.list[str]:
+        """Every sign of tampering with the audit log; empty when intact."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> QuarantineStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_store(config: QuarantineConfig, step_hook: StepHook | None = None) -> QuarantineStore:
+    """The store the configuration names: ``sqlite:///PATH`` or ``postgresql://...``."""
+    url = config.database
+    if url.startswith("sqlite:///"):
+        # Imported here: the back-ends import this module, and psycopg loads only when used.
+        from milter.quarantine.sqlite import SqliteStore  # noqa: PLC0415
+
+        # The loader makes paths absolute (``sqlite:////abs``); the built-in default
+        # ``sqlite:///var/lib/...`` means the same absolute path.
+        rest = url[len("sqlite:///") :]
+        path = rest if rest.startswith("/") else "/" + rest
+        return SqliteStore(path, config.spool, step_hook=step_hook)
+    if url.startswith(("postgresql://", "postgres://")):
+        from milter.quarantine.postgres import PostgresStore  # noqa: PLC0415
+
+        return PostgresStore(url, step_hook=step_hook)
+    raise StoreUnavailable(f"unsupported quarantine database URL: {url}")
