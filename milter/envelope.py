@@ -33,5 +33,6 @@ class Envelope:
     client_addr: str = "127.0.0.1"
     helo: str = ""
     smtputf8: bool = False
+    tls: bool = False
     queue_id: str = field(default_factory=new_id)
     received_at: float = field(default_factory=time.time)

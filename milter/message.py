@@ -1,0 +1,175 @@
+"""A received message in its wire form, in memory or spooled to disk.
+
+The gateway keeps the DATA bytes exactly as the client sent them, still
+dot-stuffed: relaying them needs no second copy and no re-encoding, which is
+what keeps a pass-through relay fast and a 25 MB message cheap. Only the
+inspector needs the unstuffed content, and it asks for it once.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+CHUNK = 256 * 1024
+
+
+_LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
+# A dot between line-break characters that is not a proper CRLF "." CRLF line: the
+# SMTP smuggling sequences (<LF>.<LF>, <CR>.<CR>, <CR><LF>.<LF> ...). A stuffed wire
+# never contains a proper one, so any match is a hostile or broken message.
+SMUGGLING = re.compile(rb"[\r\n]\.[\r\n]")
+
+
+def normalize(content: bytes) -> bytes:
+    """CRLF line endings everywhere, as the wire requires."""
+    if b"\r" not in content or re.search(rb"\r(?!\n)|(?<!\r)\n", content):
+        content = _LINE_ENDINGS.sub(b"\r\n", content)
+    return content
+
+
+def stuff(content: bytes) -> bytes:
+    """Dot-stuff CRLF content for the wire (RFC 5321 section 4.5.2)."""
+    if b"\n." not in content and not content.startswith(b"."):
+        return content
+    out = content.replace(b"\r\n.", b"\r\n..")
+    return b"." + out if out.startswith(b".") else out
+
+
+def unstuff(wire: bytes) -> bytes:
+    """Undo dot-stuffing; only a dot at the start of a CRLF-terminated line is doubled."""
+    if b"\n." not in wire and not wire.startswith(b"."):
+        return wire
+    out = wire.replace(b"\r\n..", b"\r\n.")
+    return out[1:] if out.startswith(b"..") else out
+
+
+class Message:
+    """The DATA of one transaction plus the header lines the gateway prepends.
+
+    ``wire`` is dot-stuffed and ends with CRLF (the terminating dot excluded).
+    A spooled message lives in a private temporary file that is removed on ``close``.
+    """
+
+    def __init__(self, wire: bytes | None = None, path: str | None = None,
+                 size: int | None = None) -> None:
+        self._wire = wire
+        self.path = path
+        self.prefix = b""
+        self.size = size if size is not None else len(wire or b"")
+        self._content: bytes | None = None
+
+    @classmethod
+    def from_content(cls, content: bytes) -> Message:
+        """A message built by the gateway itself (a rewrite, a notice)."""
+        content = normalize(content)
+        if not content.endswith(b"\r\n"):
+            content += b"\r\n"
+        msg = cls(stuff(content))
+        msg._content = content
+        return msg
+
+    def prepend(self, header_lines: bytes) -> None:
+        self.prefix = header_lines + self.prefix
+        self._content = None
+
+    @property
+    def total_size(self) -> int:
+        return self.size + len(self.prefix)
+
+    def wire_chunks(self) -> Iterator[bytes | memoryview]:
+        """The dot-stuffed bytes to send after DATA, prefix first, in bounded chunks."""
+        if self.prefix:
+            yield self.prefix
+        if self._wire is not None:
+            view = memoryview(self._wire)
+            for i in range(0, len(view), CHUNK):
+                yield view[i:i + CHUNK]
+        elif self.path is not None:
+            with open(self.path, "rb") as fh:
+                while block := fh.read(CHUNK):
+                    yield block
+
+    def wire(self) -> bytes:
+        """The received bytes, still dot-stuffed (read from the spool when spooled)."""
+        if self._wire is not None:
+            return self._wire
+        if self.path is not None:
+            with open(self.path, "rb") as fh:
+                return fh.read()
+        return b""
+
+    def content(self) -> bytes:
+        """The message as the recipient will see it (unstuffed, with the prefix)."""
+        if self._content is None:
+            if self._wire is not None:
+                body = unstuff(self._wire)
+            elif self.path is not None:
+                with open(self.path, "rb") as fh:
+                    if self.size == 0:
+                        body = b""
+                    else:
+                        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                            body = unstuff(mm[:])
+            else:
+                body = b""
+            self._content = self.prefix + body
+        return self._content
+
+    def close(self) -> None:
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self.path = None
+
+
+class SpoolWriter:
+    """Collects DATA in memory and moves to a temporary file past a threshold."""
+
+    def __init__(self, threshold: int, directory: str | None) -> None:
+        self.threshold = threshold
+        self.directory = directory or None
+        self._buf = bytearray()
+        self._fh: tempfile._TemporaryFileWrapper[bytes] | None = None
+        self.size = 0
+
+    def write(self, data: bytes | bytearray) -> None:
+        self.size += len(data)
+        if self._fh is not None:
+            self._fh.write(data)
+            return
+        self._buf += data
+        if len(self._buf) > self.threshold:
+            if self.directory:
+                Path(self.directory).mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._fh = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives past this call
+                prefix="msg-", dir=self.directory, delete=False)
+            self._fh.write(self._buf)
+            self._buf = bytearray()
+
+    def finish(self, strip_tail: int) -> Message:
+        """The message, dropping the last ``strip_tail`` bytes (the terminating dot line)."""
+        if self._fh is None:
+            del self._buf[len(self._buf) - strip_tail:]
+            return Message(bytes(self._buf))
+        self._fh.flush()
+        size = self.size - strip_tail
+        self._fh.truncate(size)
+        self._fh.close()
+        return Message(path=self._fh.name, size=size)
+
+    def discard(self) -> None:
+        self._buf = bytearray()
+        if self._fh is not None:
+            self._fh.close()
+            try:
+                os.unlink(self._fh.name)
+            except FileNotFoundError:
+                pass
+            self._fh = None

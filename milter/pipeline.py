@@ -1,0 +1,344 @@
+"""The one seam every front-end calls: (envelope, message) -> per-recipient outcome.
+
+Front-ends (the SMTP proxy now, a Sendmail-milter front-end later) know only the
+protocol; this module knows the order of things that makes the gateway safe:
+inspect, decide, store what is held (durably) before delivering what is allowed,
+and only then say 250. Anything that goes wrong on the way is a 4xx, so the
+sender keeps the message and retries: mail is never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from milter import log, metrics
+from milter.config import GatewayConfig
+from milter.delivery import Deliverer, DeliveryResult
+from milter.envelope import Envelope
+from milter.inspect.findings import Findings
+from milter.message import Message
+from milter.policy.verdict import RecipientVerdict, Rewrite, Verdict, deliver_all
+from milter.replies import TEMP_FAILURE, Reply
+
+
+class PolicyLike(Protocol):
+    """What the pipeline needs from a loaded policy (``milter.policy.engine.Policy``)."""
+
+    def evaluate(self, envelope: Envelope, findings: Findings) -> Verdict: ...
+
+    def in_set(self, name: str, address: str) -> bool: ...
+
+
+class Inspector(Protocol):
+    def __call__(self, data: bytes) -> Findings: ...
+
+
+class StoreLike(Protocol):
+    def put(self, data: bytes, record: Any) -> str: ...
+
+
+class Notifier(Protocol):
+    """Sends notices after the outcome is known; failures never change the outcome."""
+
+    async def after(self, envelope: Envelope, message: Message, findings: Findings | None,
+                    verdict: Verdict, outcome: Outcome) -> None: ...
+
+
+@dataclass
+class RecipientOutcome:
+    """What happened to one envelope recipient."""
+
+    address: str
+    action: str            # delivered | quarantined | rejected | refused | deferred
+    reply: Reply
+    route: str | None = None
+    rules: tuple[str, ...] = ()
+
+
+@dataclass
+class Outcome:
+    """The reply to DATA and what it stands for, per recipient."""
+
+    reply: Reply
+    recipients: list[RecipientOutcome] = field(default_factory=list)
+    quarantine_id: str | None = None
+    classification: str | None = None
+    rules: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """One word for metrics: the DATA reply's meaning."""
+        actions = {r.action for r in self.recipients}
+        if self.reply.code >= 500:
+            return "rejected"
+        if self.reply.code >= 400:
+            return "deferred"
+        if actions <= {"delivered"}:
+            return "delivered"
+        if actions <= {"quarantined"}:
+            return "quarantined"
+        return "partial"
+
+
+def received_header(config: GatewayConfig, env: Envelope) -> bytes:
+    """The one header the gateway adds (RFC 5321 section 4.4)."""
+    proto = ("UTF8SMTP" if env.smtputf8 else "ESMTP") + ("S" if env.tls else "")
+    helo = "".join(c for c in env.helo if c.isprintable() and c not in "()") or "unknown"
+    ip = env.client_addr
+    for_clause = f"\r\n\tfor <{env.rcpt_tos[0]}>" if len(env.rcpt_tos) == 1 else ""
+    date = email.utils.format_datetime(email.utils.localtime(
+        __import__("datetime").datetime.fromtimestamp(env.received_at)))
+    line = (f"Received: from {helo} ([{ip}])\r\n\tby {config.hostname} (milter) with {proto}"
+            f" id {env.queue_id}{for_clause};\r\n\t{date}\r\n")
+    return line.encode("utf-8", "surrogateescape")
+
+
+def _summary(findings: Findings | None, verdict: Verdict) -> dict[str, Any]:
+    """What the quarantine record keeps of the findings: enough to explain the hold."""
+    out: dict[str, Any] = {"rules": [r.to_dict() for r in verdict.rules if r.matched]}
+    if findings is not None:
+        d = findings.to_dict()
+        out.update({k: d[k] for k in ("labels", "attachments", "detectors", "unscannable")})
+    return out
+
+
+class Pipeline:
+    """Inspect, decide, act; shared by every front-end of one process."""
+
+    def __init__(self, config: GatewayConfig, deliverer: Deliverer, *,
+                 policy: PolicyLike | None = None, inspector: Inspector | None = None,
+                 store: StoreLike | None = None, notifier: Notifier | None = None,
+                 rewrite: Callable[[bytes, Sequence[Rewrite]], bytes] | None = None,
+                 sign: Callable[[bytes, str], bytes] | None = None) -> None:
+        self.config = config
+        self.deliverer = deliverer
+        self.policy = policy
+        self.inspector = inspector
+        self.store = store
+        self.notifier = notifier
+        self.rewrite = rewrite
+        self.sign = sign
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inspect")
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def process(self, env: Envelope, message: Message) -> Outcome:
+        started = time.monotonic()
+        message.prepend(received_header(self.config, env))
+        findings: Findings | None = None
+        try:
+            findings, verdict = await self._decide(env, message)
+        except Exception as exc:
+            log.event("decision-failed", logging.ERROR, id=env.queue_id,
+                      error=f"{type(exc).__name__}: {exc}")
+            outcome = self._on_error(env)
+            if outcome is None:
+                verdict = deliver_all(env.rcpt_tos)
+            else:
+                self._finish(env, message, outcome, started, None)
+                return outcome
+        outcome = await self._act(env, message, findings, verdict)
+        self._finish(env, message, outcome, started, verdict)
+        if self.notifier is not None and outcome.reply.code < 400:
+            task = asyncio.create_task(self._notify(env, message, findings, verdict, outcome))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return outcome
+
+    def _on_error(self, env: Envelope) -> Outcome | None:
+        """``on_error``: tempfail (default) answers 451; deliver lets the mail through."""
+        if self.config.on_error == "deliver":
+            return None
+        return Outcome(TEMP_FAILURE, [RecipientOutcome(a, "deferred", TEMP_FAILURE)
+                                      for a in env.rcpt_tos])
+
+    async def _decide(self, env: Envelope, message: Message) -> tuple[Findings | None, Verdict]:
+        if self.policy is None or self.inspector is None:
+            return None, deliver_all(env.rcpt_tos)
+        loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        inspector = self.inspector
+        findings = await loop.run_in_executor(self._pool, inspector, message.content())
+        metrics.INSPECTION.observe(time.monotonic() - t0)
+        return findings, self.policy.evaluate(env, findings)
+
+    async def _act(self, env: Envelope, message: Message, findings: Findings | None,
+                   verdict: Verdict) -> Outcome:
+        held = [r for r in verdict.recipients if r.action == "quarantine"]
+        rejected = [r for r in verdict.recipients if r.action == "reject"]
+        groups: dict[tuple[str, tuple[Rewrite, ...]], list[RecipientVerdict]] = {}
+        for r in verdict.recipients:
+            if r.action == "deliver":
+                groups.setdefault((r.route or "upstream", r.rewrites), []).append(r)
+        outcomes: dict[str, RecipientOutcome] = {}
+        quarantine_id: str | None = None
+
+        for r in rejected:
+            text = r.reject_text or "Pesan ditolak oleh kebijakan / Message rejected by policy"
+            rule = f" [{', '.join(r.rules)}]" if r.rules else ""
+            outcomes[r.address] = RecipientOutcome(r.address, "rejected",
+                                                   Reply(550, f"{text}{rule}", "5.7.1"),
+                                                   None, r.rules)
+        if held:
+            # Held mail is made durable before anything is delivered: if the store
+            # fails, nothing has left yet and a 451 costs the sender only a retry.
+            try:
+                quarantine_id = await self._quarantine(env, message, findings, verdict, held)
+            except Exception as exc:
+                log.event("quarantine-failed", logging.ERROR, id=env.queue_id,
+                          error=f"{type(exc).__name__}: {exc}")
+                return Outcome(TEMP_FAILURE, [RecipientOutcome(a, "deferred", TEMP_FAILURE)
+                                              for a in env.rcpt_tos],
+                               classification=verdict.classification)
+            for r in held:
+                outcomes[r.address] = RecipientOutcome(
+                    r.address, "quarantined",
+                    Reply(250, f"ditahan di karantina / held in quarantine {quarantine_id}",
+                          "2.6.0"), None, r.rules)
+
+        sends = [self._deliver(env, message, route, rewrites, rcpts)
+                 for (route, rewrites), rcpts in groups.items()]
+        for (route, _), rcpts, result in zip(groups, groups.values(),
+                                             await asyncio.gather(*sends), strict=True):
+            for r in rcpts:
+                outcomes[r.address] = self._recipient_outcome(r, route, result)
+        ordered = [outcomes[a] for a in dict.fromkeys(r.address for r in verdict.recipients)]
+        rules = tuple(dict.fromkeys(x for r in verdict.recipients for x in r.rules))
+        return Outcome(self._reply(env, ordered, quarantine_id), ordered, quarantine_id,
+                       verdict.classification, rules)
+
+    async def _deliver(self, env: Envelope, message: Message, route: str,
+                       rewrites: tuple[Rewrite, ...], rcpts: list[RecipientVerdict],
+                       ) -> DeliveryResult:
+        out = message
+        if (rewrites and self.rewrite is not None) or self.sign is not None:
+            content = message.content()
+            if rewrites and self.rewrite is not None:
+                content = self.rewrite(content, rewrites)
+            if self.sign is not None:
+                content = self.sign(content, env.mail_from)
+            out = Message.from_content(content)
+        addresses = list(dict.fromkeys([r.address for r in rcpts]
+                                       + [b for r in rcpts for b in r.bcc]))
+        result = await self.deliverer.send(route, env.mail_from, addresses, out,
+                                           smtputf8=env.smtputf8)
+        if not result.ok:
+            kind = "temporary" if result.code < 500 else "permanent"
+            metrics.NEXTHOP_ERRORS.labels(route, kind).inc()
+        return result
+
+    @staticmethod
+    def _recipient_outcome(r: RecipientVerdict, route: str,
+                           result: DeliveryResult) -> RecipientOutcome:
+        if r.address in result.refused:
+            code, text = result.refused[r.address]
+            status = result.status if not result.ok and result.status else (
+                "4.0.0" if code < 500 else "5.0.0")
+            action = "deferred" if code < 500 else "refused"
+            return RecipientOutcome(r.address, action, Reply(code, text, status), route, r.rules)
+        if result.ok:
+            return RecipientOutcome(r.address, "delivered",
+                                    Reply(result.code, result.message, result.status or "2.0.0"),
+                                    route, r.rules)
+        code = result.code if result.code >= 400 else 451
+        return RecipientOutcome(r.address, "deferred" if code < 500 else "refused",
+                                Reply(code, result.message, result.status), route, r.rules)
+
+    @staticmethod
+    def _reply(env: Envelope, outcomes: list[RecipientOutcome],
+               quarantine_id: str | None) -> Reply:
+        """One DATA reply that does not lie about any recipient.
+
+        Any temporary failure means 4xx for the whole message: the sender retries,
+        and a recipient already served may get a duplicate, which is better than a
+        loss. All refused means 5xx. Otherwise 250, and the refused recipients are
+        reported by a delivery status notification.
+        """
+        deferred = [o for o in outcomes if o.action == "deferred"]
+        if deferred:
+            worst = deferred[0].reply
+            status = worst.status if worst.status.startswith("4") else "4.4.1"
+            return Reply(worst.code if worst.code < 500 else 451,
+                         f"Penerusan tertunda, coba lagi / Next hop deferred: {worst.text}",
+                         status)
+        ok = [o for o in outcomes if o.action in ("delivered", "quarantined")]
+        if not ok:
+            first = outcomes[0]
+            if all(o.action == "rejected" for o in outcomes):
+                return first.reply
+            status = first.reply.status if first.reply.status.startswith("5") else "5.0.0"
+            return Reply(first.reply.code, first.reply.text, status)
+        parts = []
+        delivered = [o for o in outcomes if o.action == "delivered"]
+        if delivered:
+            parts.append(f"Diterima / Queued as {env.queue_id}")
+        if quarantine_id:
+            n = sum(1 for o in outcomes if o.action == "quarantined")
+            parts.append(f"{n} penerima ditahan di karantina {quarantine_id} / "
+                         f"{n} recipient(s) held in quarantine {quarantine_id}")
+        failed = len(outcomes) - len(ok)
+        if failed:
+            parts.append(f"{failed} penerima ditolak, lihat laporan / "
+                         f"{failed} recipient(s) refused, see report")
+        return Reply(250, "; ".join(parts), "2.6.0" if quarantine_id else "2.0.0")
+
+    async def _quarantine(self, env: Envelope, message: Message, findings: Findings | None,
+                          verdict: Verdict, held: list[RecipientVerdict]) -> str:
+        if self.store is None:
+            raise RuntimeError("quarantine verdict but no quarantine store is configured")
+        from milter.quarantine.store import QuarantineRecord
+
+        record = QuarantineRecord(
+            id="", received_at=env.received_at, client=env.client_addr,
+            sender=env.mail_from, recipients=tuple(r.address for r in held),
+            subject=findings.subject if findings else "", size=message.size,
+            classification=verdict.classification,
+            labels=tuple(sorted({lb.raw for lb in findings.labels})) if findings else (),
+            rules=tuple(dict.fromkeys(x for r in held for x in r.rules)),
+            clauses=tuple(dict.fromkeys(x for r in held for x in r.clauses)),
+            findings=_summary(findings, verdict), queue_id=env.queue_id)
+        store = self.store
+        return await asyncio.to_thread(store.put, message.content(), record)
+
+    async def _notify(self, env: Envelope, message: Message, findings: Findings | None,
+                      verdict: Verdict, outcome: Outcome) -> None:
+        if self.notifier is None:
+            return
+        try:
+            await self.notifier.after(env, message, findings, verdict, outcome)
+        except Exception as exc:
+            log.event("notice-failed", logging.WARNING, id=env.queue_id,
+                      error=f"{type(exc).__name__}: {exc}")
+
+    def _finish(self, env: Envelope, message: Message, outcome: Outcome, started: float,
+                verdict: Verdict | None) -> None:
+        elapsed = time.monotonic() - started
+        metrics.PROCESSING.observe(elapsed)
+        metrics.MESSAGES.labels(outcome.label).inc()
+        for o in outcome.recipients:
+            metrics.RECIPIENTS.labels(o.action).inc()
+        if outcome.reply.code < 400:
+            metrics.MESSAGE_BYTES.inc(message.size)
+        log.message_line(
+            id=env.queue_id, client=env.client_addr, helo=env.helo, sender=env.mail_from,
+            recipients=[{"address": o.address, "action": o.action, "route": o.route,
+                         "reply": o.reply.line(), "rules": list(o.rules)}
+                        for o in outcome.recipients],
+            size=message.size, classification=outcome.classification,
+            quarantine_id=outcome.quarantine_id, reply=outcome.reply.line(),
+            audit=list(verdict.audit) if verdict else [],
+            duration_ms=round(elapsed * 1000, 1))
+
+    async def close(self) -> None:
+        if self._background:
+            with contextlib.suppress(Exception):
+                await asyncio.wait(self._background, timeout=10)
+        await self.deliverer.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
