@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Flags a Part can carry. Policy conditions refer to these names.
-ENCRYPTED = "encrypted"          # password-protected zip entry, OLE EncryptedPackage, PDF /Encrypt, 7z/rar header
+ENCRYPTED = "encrypted"          # zip entry password, OLE EncryptedPackage, PDF /Encrypt, 7z/rar
 MISMATCH = "mismatch"            # true type contradicts declared type or file-name extension
 EXECUTABLE = "executable"        # PE, ELF, Mach-O, MSI, LNK, scripts, ISO/IMG
 MACRO = "macro"                  # macro-enabled Office (vbaProject.bin, .docm/.xlsm, OLE macros)

@@ -1,0 +1,313 @@
+"""Sensitive-data detectors: Indonesian identity and tax numbers, payment cards, policy terms.
+
+Each detector is shaped like a Purview sensitive information type: a pattern finds
+candidates, a validator throws away numbers that cannot be real (a NIK whose date does
+not exist, a card failing Luhn), and supporting keywords within 300 characters raise
+the confidence. The count is of *distinct* valid values, so a NIK quoted five times in
+a reply chain is one person, not five.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime
+import itertools
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from milter.inspect.errors import DetectorError
+from milter.inspect.findings import Detection
+
+PROXIMITY = 300
+
+
+@dataclass(frozen=True)
+class Detector:
+    """A policy-supplied detector: a keyword dictionary and/or a regular expression.
+
+    ``keywords`` are matched as whole words, case-insensitively; each distinct keyword
+    found counts once. ``regex`` matches count by distinct matched text (group 0).
+    ``supporting`` keywords within 300 characters of a match make it high confidence.
+    Plain data (no callables), so a detector list pickles into a worker process.
+    """
+
+    name: str
+    keywords: tuple[str, ...] = ()
+    regex: str | None = None
+    supporting: tuple[str, ...] = ()
+    case_sensitive: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise DetectorError("a detector needs a name")
+        if not self.keywords and not self.regex:
+            raise DetectorError(f"detector {self.name!r} needs keywords or a regex")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise DetectorError(f"detector {self.name!r}: invalid regex: {exc}") from None
+
+
+# --- validators ---------------------------------------------------------------------
+
+NIK_PROVINCES = frozenset(
+    [
+        *range(11, 20),
+        21,
+        *range(31, 37),
+        *range(51, 54),
+        *range(61, 66),
+        *range(71, 77),
+        81,
+        82,
+        *range(91, 97),
+    ]
+)
+
+
+def _real_date(year: int, month: int, day: int) -> bool:
+    try:
+        datetime.date(year, month, day)
+    except ValueError:
+        return False
+    return True
+
+
+def _degenerate(digits: str) -> bool:
+    """All one digit, or a run up or down (1234567890...): typed by hand, not issued."""
+    if len(set(digits)) == 1:
+        return True
+    steps = {(int(b) - int(a)) % 10 for a, b in itertools.pairwise(digits)}
+    return steps in ({1}, {9})
+
+
+def valid_nik(digits: str) -> bool:
+    """A 16-digit NIK: province, regency, district codes, a birth date (day + 40 for women)."""
+    if len(digits) != 16 or not digits.isdigit() or _degenerate(digits):
+        return False
+    if int(digits[0:2]) not in NIK_PROVINCES:
+        return False
+    regency, district = int(digits[2:4]), int(digits[4:6])
+    if not 1 <= regency <= 79 or district == 0:
+        return False
+    day, month, year = int(digits[6:8]), int(digits[8:10]), int(digits[10:12])
+    if day > 40:
+        day -= 40
+    # Two-digit years: 00 stands for 2000, a leap year, so Feb 29 is judged by year % 4.
+    if not _real_date(2000 + year, month, day):
+        return False
+    return digits[12:16] != "0000"
+
+
+def valid_nip(digits: str) -> bool:
+    """An 18-digit NIP: birth date, appointment year/month after it, sex digit, sequence.
+
+    PPPK numbers carry a non-month in the appointment month position; they are accepted
+    as long as the appointment year is plausible.
+    """
+    if len(digits) != 18 or not digits.isdigit() or _degenerate(digits):
+        return False
+    by, bm, bd = int(digits[0:4]), int(digits[4:6]), int(digits[6:8])
+    if not 1930 <= by <= 2015 or not _real_date(by, bm, bd):
+        return False
+    ay, am = int(digits[8:12]), int(digits[12:14])
+    if not by + 14 <= ay <= 2099:
+        return False
+    if 1 <= am <= 12:
+        if (ay, am) <= (by, bm):
+            return False
+    elif am == 0:
+        return False
+    if digits[14] not in "12":
+        return False
+    return digits[15:18] != "000"
+
+
+def luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def valid_npwp(digits: str) -> bool:
+    """A 15-digit NPWP (Luhn check digit as the 9th digit) or its 16-digit ``0`` form."""
+    if len(digits) == 16 and digits[0] == "0":
+        digits = digits[1:]
+    if len(digits) != 15 or not digits.isdigit() or _degenerate(digits):
+        return False
+    if digits[:9] == "000000000":
+        return False
+    return luhn(digits[:9])
+
+
+_CARD_PREFIXES = (
+    ("4", (13, 16, 19)),
+    *((str(p), (16,)) for p in range(51, 56)),
+    *((str(p), (16,)) for p in range(2221, 2721)),
+    ("34", (15,)),
+    ("37", (15,)),
+    ("6011", (16, 19)),
+    ("65", (16, 19)),
+    *((str(p), (16, 19)) for p in range(644, 650)),
+    *((str(p), (16, 19)) for p in range(3528, 3590)),
+    ("62", (16, 17, 18, 19)),
+    ("36", (14,)),
+    *((str(p), (14,)) for p in range(300, 306)),
+    ("38", (14,)),
+)
+
+
+def valid_card(digits: str) -> bool:
+    """A payment card number: a known issuer prefix with its length, and Luhn."""
+    if not 13 <= len(digits) <= 19 or not digits.isdigit() or _degenerate(digits):
+        return False
+    if not any(digits.startswith(p) and len(digits) in lengths for p, lengths in _CARD_PREFIXES):
+        return False
+    return luhn(digits)
+
+
+# --- candidates -----------------------------------------------------------------------
+
+_NIK = re.compile(r"(?<![\d.])(?:\d{16}|\d{2}\.\d{4}\.\d{6}\.\d{4})(?![\d]|\.\d)")
+_NIP = re.compile(r"(?<![\d.])\d{8}[ .]?\d{6}[ .]?\d[ .]?\d{3}(?![\d]|\.\d)")
+_NPWP = re.compile(r"(?<![\d.])(?:\d{2}\.\d{3}\.\d{3}\.\d[-.]\d{3}\.\d{3}|0?\d{15})(?![\d]|[.-]\d)")
+_CARD = re.compile(r"(?<![\d.])(?:\d{4}[ -]){2,3}\d{1,7}(?![\d]|[ -]\d)|(?<![\d.])\d{13,19}(?!\d)")
+_NON_DIGIT = re.compile(r"\D")
+
+
+@dataclass(frozen=True)
+class _Builtin:
+    name: str
+    pattern: re.Pattern[str]
+    validate: Callable[[str], bool]
+    keywords: tuple[str, ...]
+
+
+_BUILTINS = (
+    _Builtin(
+        "nik",
+        _NIK,
+        valid_nik,
+        ("nik", "ktp", "e-ktp", "ektp", "nomor induk kependudukan", "kartu tanda penduduk"),
+    ),
+    _Builtin("nip", _NIP, valid_nip, ("nip", "nomor induk pegawai")),
+    _Builtin("npwp", _NPWP, valid_npwp, ("npwp", "nomor pokok wajib pajak")),
+    _Builtin(
+        "card",
+        _CARD,
+        valid_card,
+        (
+            "kartu kredit",
+            "credit card",
+            "card number",
+            "nomor kartu",
+            "visa",
+            "mastercard",
+            "amex",
+            "american express",
+            "jcb",
+            "cvv",
+            "cvc",
+            "expiry",
+            "kedaluwarsa",
+            "debit",
+        ),
+    ),
+)
+
+_NPWP_KEYWORDS = _BUILTINS[2].keywords
+
+
+@lru_cache(maxsize=256)
+def _keyword_pattern(words: tuple[str, ...], case_sensitive: bool) -> re.Pattern[str]:
+    alt = "|".join(
+        r"\s+".join(re.escape(p) for p in w.split()) for w in sorted(words, key=len, reverse=True)
+    )
+    flags = 0 if case_sensitive else re.IGNORECASE
+    return re.compile(rf"(?<!\w)(?:{alt})(?!\w)", flags)
+
+
+@lru_cache(maxsize=256)
+def _compiled(regex: str, case_sensitive: bool) -> re.Pattern[str]:
+    return re.compile(regex, 0 if case_sensitive else re.IGNORECASE)
+
+
+class _Proximity:
+    """Positions of supporting keywords, for 'is one within 300 characters' in log time."""
+
+    def __init__(self, text: str, words: tuple[str, ...], case_sensitive: bool = False) -> None:
+        self.starts: list[int] = []
+        if words:
+            self.starts = [
+                m.start() for m in _keyword_pattern(words, case_sensitive).finditer(text)
+            ]
+
+    def near(self, start: int, end: int) -> bool:
+        i = bisect.bisect_left(self.starts, start - PROXIMITY)
+        return i < len(self.starts) and self.starts[i] <= end + PROXIMITY
+
+
+def _result(name: str, values: dict[str, bool]) -> Detection:
+    high = sum(1 for v in values.values() if v)
+    return Detection(name, len(values), "high" if high else "medium", high)
+
+
+def run_detectors(text: str, extra: Sequence[Detector] = ()) -> dict[str, Detection]:
+    """Every built-in detector plus ``extra`` over ``text``; detectors with no hit are omitted."""
+    results: dict[str, Detection] = {}
+    nik_values: dict[str, tuple[int, int]] = {}
+    for det in _BUILTINS:
+        prox = _Proximity(text, det.keywords)
+        values: dict[str, bool] = {}
+        for m in det.pattern.finditer(text):
+            digits = _NON_DIGIT.sub("", m.group())
+            if not det.validate(digits):
+                continue
+            if det.name == "nik":
+                nik_values.setdefault(digits, (m.start(), m.end()))
+            values[digits] = values.get(digits, False) or prox.near(m.start(), m.end())
+        if det.name == "npwp" and nik_values:
+            # An individual's 16-digit NPWP is their NIK: count it when NPWP is named nearby.
+            npwp_prox = _Proximity(text, _NPWP_KEYWORDS)
+            for digits, (start, end) in nik_values.items():
+                if npwp_prox.near(start, end):
+                    values[digits] = True
+        if values:
+            results[det.name] = _result(det.name, values)
+    for detector in extra:
+        found = _custom(text, detector)
+        if found:
+            results[detector.name] = _result(detector.name, found)
+    return results
+
+
+def _custom(text: str, det: Detector) -> dict[str, bool]:
+    prox = _Proximity(text, det.supporting, det.case_sensitive)
+    values: dict[str, bool] = {}
+    matchers: list[re.Pattern[str]] = []
+    if det.keywords:
+        matchers.append(_keyword_pattern(det.keywords, det.case_sensitive))
+    if det.regex:
+        matchers.append(_compiled(det.regex, det.case_sensitive))
+    for pattern in matchers:
+        for m in pattern.finditer(text):
+            if not m.group():
+                continue
+            key = m.group() if det.case_sensitive else m.group().casefold()
+            key = " ".join(key.split())
+            values[key] = values.get(key, False) or prox.near(m.start(), m.end())
+    return values
+
+
+def detector_names(extra: Iterable[Detector] = ()) -> list[str]:
+    """Names of every detector that runs: the built-ins, then the policy's own."""
+    return [d.name for d in _BUILTINS] + [d.name for d in extra]

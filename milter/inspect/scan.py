@@ -1,0 +1,932 @@
+"""The walk: message -> MIME leaves -> files -> archive members and documents, recursively.
+
+One ``Context`` per message carries the limits and everything found so far, so a limit
+reached five archives deep is charged against the same message-wide budget. Limits
+local to one file (an encrypted entry, a zip bomb, an unreadable PDF) mark that part
+unscannable and the walk goes on; message-wide limits (bytes, time) unwind to
+``inspect_message`` through ``LimitReached``.
+"""
+
+from __future__ import annotations
+
+import bz2
+import email
+import email.parser
+import email.policy
+import io
+import lzma
+import struct
+import tarfile
+import time
+import zipfile
+import zlib
+from collections.abc import Iterable
+from email.message import Message
+
+from milter.config import InspectLimits
+from milter.inspect import documents, filetype, labels, mime
+from milter.inspect.errors import BudgetExceeded, DocumentError, LimitReached
+from milter.inspect.findings import (
+    ARCHIVE,
+    ATTACHMENT,
+    ENCRYPTED,
+    EXECUTABLE,
+    MACRO,
+    MISMATCH,
+    SIGNED,
+    UNSCANNABLE,
+    Label,
+    Part,
+)
+from milter.inspect.labels import LabelScheme, Marking
+from milter.inspect.pdf import inspect_pdf
+
+_BODY_TYPES = frozenset(
+    {"text/plain", "text/html", "text/enriched", "text/richtext", "text/calendar"}
+)
+_SIGNATURE_TYPES = frozenset(
+    {
+        "application/pkcs7-signature",
+        "application/x-pkcs7-signature",
+        "application/pgp-signature",
+    }
+)
+_PKCS7_MIME = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
+_TNEF_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})
+_CLASSIFICATION_HEADERS = frozenset(
+    {
+        "x-klasifikasi",
+        "x-classification",
+        "classification",
+        "x-security-classification",
+        "x-label",
+        "x-sensitivity-label",
+    }
+)
+_EXACT_PROPERTY_NAMES = frozenset(
+    {
+        "klasifikasi",
+        "classification",
+        "sensitivity",
+        "bjdocumentsecuritylabel",
+        "security classification",
+        "protective marking",
+        "classificationlevel",
+    }
+)
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    RuntimeError,
+    zlib.error,
+    EOFError,
+    OSError,
+    ValueError,
+    struct.error,
+    KeyError,
+    IndexError,
+    DocumentError,
+)
+_TAR_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, struct.error)
+_MAX_DEFECTS = 200
+_MAX_HEADERS = 500
+
+
+class Context:
+    """Everything found in one message so far, and the budgets left to find more."""
+
+    def __init__(self, scheme: LabelScheme, limits: InspectLimits) -> None:
+        self.scheme = scheme
+        self.limits = limits
+        self.deadline = time.monotonic() + limits.time_budget
+        self.labels: list[Label] = []
+        self._label_keys: set[tuple[str, str, str | None]] = set()
+        self.parts: list[Part | None] = []
+        self.text: list[str] = []
+        self.text_len = 0
+        self.defects: list[str] = []
+        self.unscannable: list[str] = []
+        self.headers: tuple[tuple[str, str], ...] = ()
+        self.subject = ""
+        self.examined = 0
+        self.expanded = 0
+        self.entries = 0
+        self.mime_parts = 0
+
+    # budgets --------------------------------------------------------------------
+    def check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise BudgetExceeded("time budget exceeded")
+
+    def charge(self, size: int) -> None:
+        self.examined += size
+        if self.examined > self.limits.max_bytes:
+            raise LimitReached("examined bytes limit reached")
+
+    def expand_budget(self) -> int:
+        return max(
+            0,
+            min(self.limits.expanded_bytes - self.expanded, self.limits.max_bytes - self.examined),
+        )
+
+    # results --------------------------------------------------------------------
+    def note_unscannable(self, reason: str) -> None:
+        if reason not in self.unscannable:
+            self.unscannable.append(reason)
+
+    def defect(self, where: str, what: str) -> None:
+        entry = f"{where}: {what}"
+        if len(self.defects) < _MAX_DEFECTS and entry not in self.defects:
+            self.defects.append(entry)
+
+    def add_label(self, raw: str, source: str, level: str | None) -> None:
+        key = (raw, source, level)
+        if key not in self._label_keys:
+            self._label_keys.add(key)
+            self.labels.append(Label(raw=raw, source=source, level=level))
+
+    def add_marking(self, marking: Marking | None, source: str) -> None:
+        if marking is not None:
+            self.add_label(marking.raw, source, marking.level)
+
+    def add_text(self, text: str, source: str, *, marks_all: bool = False) -> None:
+        """Keep text for detectors and content rules, and read marking lines from it."""
+        if not text:
+            return
+        window = 1 << 30 if marks_all else 8
+        for raw in labels.marking_lines(text, self.scheme, window=window):
+            self.add_label(raw, source, self.scheme.resolve(raw))
+        room = self.limits.text_bytes - self.text_len
+        if room <= 0:
+            self.note_unscannable("text limit reached")
+            return
+        if len(text) > room:
+            text = text[:room]
+            self.note_unscannable("text limit reached")
+        self.text.append(text)
+        self.text_len += len(text) + 2
+
+    def reserve(self) -> int:
+        self.parts.append(None)
+        return len(self.parts) - 1
+
+
+# --- headers -----------------------------------------------------------------------
+
+
+def scan_headers(ctx: Context, msg: Message, prefix: str) -> str:
+    """Label headers and subject markings of one message; returns its decoded subject."""
+    scheme = ctx.scheme
+    subject = ""
+    for index, (name, value) in enumerate(msg.items()):
+        if index >= _MAX_HEADERS:
+            break
+        key = name.strip().lower()
+        if key == "subject" and not subject:
+            subject = mime.decode_header_value(value)
+            continue
+        if (
+            key not in _CLASSIFICATION_HEADERS
+            and key not in ("msip_labels", "x-protective-marking", "sensitivity")
+            and not key.startswith("x-titus-metadata")
+        ):
+            continue
+        text = mime.decode_header_value(value)
+        source = f"{prefix}header:{key}"
+        if key == "msip_labels":
+            for m in labels.msip_header_markings(text, scheme):
+                ctx.add_marking(m, source)
+        elif key == "x-protective-marking":
+            ctx.add_marking(labels.protective_marking(text, scheme), source)
+        elif key == "sensitivity":
+            ctx.add_marking(labels.sensitivity_marking(text, scheme), source)
+        elif key.startswith("x-titus-metadata"):
+            for m in labels.titus_markings(text, scheme):
+                ctx.add_marking(m, source)
+        else:
+            ctx.add_marking(labels.value_marking(text, scheme), source)
+    for raw in labels.subject_markings(subject, scheme):
+        ctx.add_label(raw, f"{prefix}subject", scheme.resolve(raw))
+    return subject
+
+
+def decoded_headers(msg: Message) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        (mime.clean(name), mime.decode_header_value(value))
+        for name, value in msg.items()[:_MAX_HEADERS]
+    )
+
+
+# --- messages ----------------------------------------------------------------------
+
+
+def scan_message(ctx: Context, data: bytes) -> None:
+    """The top-level message: headers, then every part within the limits."""
+    if len(data) > ctx.limits.max_bytes:
+        end = data.find(b"\r\n\r\n")
+        end = data.find(b"\n\n") if end == -1 else end
+        head = data[: end if end != -1 else min(len(data), 1 << 20)]
+        msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
+        ctx.headers = decoded_headers(msg)
+        ctx.subject = scan_headers(ctx, msg, "")
+        raise LimitReached("message larger than the examined bytes limit")
+    msg = email.message_from_bytes(data, policy=email.policy.compat32)
+    ctx.headers = decoded_headers(msg)
+    ctx.subject = scan_headers(ctx, msg, "")
+    walk(ctx, msg, section="", container="", depth=1, arch_depth=0, prefix="")
+
+
+def walk(
+    ctx: Context,
+    part: Message,
+    *,
+    section: str,
+    container: str,
+    depth: int,
+    arch_depth: int,
+    prefix: str,
+    parent: str = "",
+) -> None:
+    """One MIME entity: recurse into multiparts and messages, hand leaves to ``leaf``."""
+    ctx.check_time()
+    ctx.mime_parts += 1
+    where = section or "message"
+    if ctx.mime_parts > ctx.limits.mime_parts:
+        raise LimitReached("MIME part limit reached")
+    for defect in part.defects:
+        ctx.defect(f"{container + '/' if container else ''}{where}", type(defect).__name__)
+    ctype = mime.content_type(part)
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        if section.count(".") + 1 > ctx.limits.mime_depth:
+            ctx.note_unscannable("MIME depth limit reached")
+            return
+        if ctype == "message/rfc822" or (
+            ctype.startswith("message/") and payload and isinstance(payload[0], Message)
+        ):
+            attached(
+                ctx,
+                part,
+                payload,
+                section=section or "1",
+                container=container,
+                depth=depth,
+                arch_depth=arch_depth,
+            )
+            return
+        subtype = ctype.split("/", 1)[1] if ctype.startswith("multipart/") else "mixed"
+        for i, child in enumerate(payload, 1):
+            if not isinstance(child, Message):
+                continue
+            walk(
+                ctx,
+                child,
+                section=f"{section}.{i}" if section else str(i),
+                container=container,
+                depth=depth,
+                arch_depth=arch_depth,
+                prefix=prefix,
+                parent=f"{subtype}:{i}",
+            )
+        return
+    leaf(
+        ctx,
+        part,
+        ctype,
+        section=section or "1",
+        container=container,
+        depth=depth,
+        arch_depth=arch_depth,
+        prefix=prefix,
+        parent=parent,
+    )
+
+
+def attached(
+    ctx: Context,
+    part: Message,
+    payload: list[Message | str],
+    *,
+    section: str,
+    container: str,
+    depth: int,
+    arch_depth: int,
+) -> None:
+    """A message/rfc822 part: recorded as an attachment, its headers and parts walked."""
+    inner = payload[0]
+    if not isinstance(inner, Message):
+        return
+    name = mime.filename(part) or f"{section}.eml"
+    path = f"{container}/{name}" if container else name
+    ctx.parts.append(
+        Part(
+            path=path,
+            filename=mime.filename(part),
+            declared_type="message/rfc822",
+            true_type="message/rfc822",
+            extension=filetype.extension(name),
+            size=_message_size(inner),
+            depth=depth,
+            flags=frozenset({ATTACHMENT}),
+        )
+    )
+    src = f"attachment:{path}:"
+    scan_headers(ctx, inner, src)
+    walk(ctx, inner, section="", container=path, depth=depth + 1, arch_depth=arch_depth, prefix=src)
+
+
+def _message_size(msg: Message) -> int:
+    """Approximate size of a parsed attached message: its encoded leaf payloads."""
+    total = 0
+    for sub in msg.walk():
+        payload = sub.get_payload()
+        if isinstance(payload, str):
+            total += len(payload)
+    return total
+
+
+def leaf(
+    ctx: Context,
+    part: Message,
+    ctype: str,
+    *,
+    section: str,
+    container: str,
+    depth: int,
+    arch_depth: int,
+    prefix: str,
+    parent: str,
+) -> None:
+    """A MIME leaf: a body text part, a signature or encrypted blob, or a file."""
+    name = mime.filename(part)
+    disp = mime.disposition(part)
+    data, problem = mime.payload_bytes(part)
+    where = f"{container}/{section}" if container else section
+    if problem:
+        ctx.defect(where, problem)
+    ctx.charge(len(data))
+    in_encrypted = parent.startswith("encrypted:")
+    if ctype in _SIGNATURE_TYPES or (parent == "signed:2" and ctype.startswith("application/")):
+        ctx.parts.append(_plain_part(where, name, ctype, data, depth=depth, flags={SIGNED}))
+        return
+    if in_encrypted or ctype == "application/pgp-encrypted":
+        flags = {ENCRYPTED}
+        reason = None
+        if ctype != "application/pgp-encrypted":
+            flags.add(UNSCANNABLE)
+            reason = "PGP/MIME encrypted"
+        ctx.parts.append(
+            _plain_part(where, name, ctype, data, depth=depth, flags=flags, reason=reason)
+        )
+        return
+    if ctype in _PKCS7_MIME or filetype.extension(name) in ("p7m",):
+        smime = str(part.get_param("smime-type") or "").lower()
+        if "signed" in smime:
+            flags, reason = {SIGNED, UNSCANNABLE}, "opaque S/MIME signed data"
+        else:
+            flags, reason = {ENCRYPTED, UNSCANNABLE}, "S/MIME encrypted"
+        ctx.parts.append(
+            _plain_part(where, name, ctype, data, depth=depth, flags=flags, reason=reason)
+        )
+        return
+    if ctype in _BODY_TYPES and not name and disp != "attachment":
+        body(ctx, part, ctype, data, where=where, depth=depth, prefix=prefix)
+        return
+    path = f"{container}/{name or section}" if container else (name or section)
+    examine(ctx, data, name=name, declared=ctype, path=path, depth=depth, arch_depth=arch_depth)
+
+
+def _plain_part(
+    path: str,
+    name: str | None,
+    ctype: str,
+    data: bytes,
+    *,
+    depth: int,
+    flags: set[str],
+    reason: str | None = None,
+) -> Part:
+    return Part(
+        path=path,
+        filename=name,
+        declared_type=ctype,
+        true_type=filetype.sniff(data),
+        extension=filetype.extension(name),
+        size=len(data),
+        depth=depth,
+        flags=frozenset(flags),
+        reason=reason,
+    )
+
+
+def body(
+    ctx: Context, part: Message, ctype: str, data: bytes, *, where: str, depth: int, prefix: str
+) -> None:
+    """A text or HTML body: its text feeds detectors, its top and bottom lines may be markings."""
+    true_type = filetype.sniff(data)
+    flags: set[str] = set()
+    reason = None
+    ext = ""
+    if filetype.is_executable(true_type, ext) and not true_type.startswith("text/"):
+        flags |= {EXECUTABLE, MISMATCH, ATTACHMENT}
+    text = mime.decode_text(data, mime.part_charset(part))
+    if ctype == "text/html":
+        text = mime.html_to_text(text)
+    if "-----BEGIN PGP MESSAGE-----" in text:
+        flags |= {ENCRYPTED, UNSCANNABLE}
+        reason = "inline PGP encrypted"
+    if "-----BEGIN PGP SIGNED MESSAGE-----" in text:
+        flags.add(SIGNED)
+    ctx.parts.append(
+        Part(
+            path=where,
+            filename=None,
+            declared_type=ctype,
+            true_type=true_type,
+            extension=ext,
+            size=len(data),
+            depth=depth,
+            flags=frozenset(flags),
+            reason=reason,
+        )
+    )
+    ctx.add_text(text, f"{prefix}body")
+
+
+# --- files -------------------------------------------------------------------------
+
+
+class _FileState:
+    """Flags and reason collected while one file is examined."""
+
+    def __init__(self) -> None:
+        self.flags: set[str] = {ATTACHMENT}
+        self.reason: str | None = None
+
+    def unscannable(self, reason: str) -> None:
+        self.flags.add(UNSCANNABLE)
+        if self.reason is None:
+            self.reason = reason
+
+
+def examine(
+    ctx: Context,
+    data: bytes,
+    *,
+    name: str | None,
+    declared: str,
+    path: str,
+    depth: int,
+    arch_depth: int,
+    preset: Iterable[str] = (),
+) -> None:
+    """A file anywhere (attachment, archive member, embedded object): type, flags, content."""
+    ctx.check_time()
+    true_type = filetype.sniff(data)
+    ext = filetype.extension(name)
+    state = _FileState()
+    state.flags.update(preset)
+    if filetype.is_executable(true_type, ext):
+        state.flags.add(EXECUTABLE)
+    if filetype.mismatch(true_type, ext, declared):
+        state.flags.add(MISMATCH)
+    if ext in filetype.MACRO_EXTENSIONS:
+        state.flags.add(MACRO)
+    index = ctx.reserve()
+    try:
+        _content(
+            ctx,
+            state,
+            data,
+            true_type=true_type,
+            ext=ext,
+            declared=declared,
+            path=path,
+            depth=depth,
+            arch_depth=arch_depth,
+        )
+    finally:
+        ctx.parts[index] = Part(
+            path=path,
+            filename=name,
+            declared_type=declared,
+            true_type=true_type,
+            extension=ext,
+            size=len(data),
+            depth=depth,
+            flags=frozenset(state.flags),
+            reason=state.reason,
+        )
+
+
+def _content(
+    ctx: Context,
+    state: _FileState,
+    data: bytes,
+    *,
+    true_type: str,
+    ext: str,
+    declared: str,
+    path: str,
+    depth: int,
+    arch_depth: int,
+) -> None:
+    kind = filetype.kind(true_type)
+    src = f"attachment:{path}"
+    if (
+        data.startswith(b"PK\x03\x04")
+        or data.startswith(b"PK\x05\x06")
+        or kind in ("zip", "ooxml", "odf")
+    ):
+        _zip(ctx, state, data, path=path, depth=depth, arch_depth=arch_depth)
+    elif data.startswith(b"%PDF") or kind == "pdf" or (b"%PDF-" in data[:1024] and ext == "pdf"):
+        _pdf(ctx, state, data, src=src, path=path, depth=depth, arch_depth=arch_depth)
+    elif data.startswith(documents.OLE_MAGIC):
+        doc = documents.read_ole(data)
+        if doc.macro:
+            state.flags.add(MACRO)
+        if doc.encrypted:
+            state.flags.add(ENCRYPTED)
+            state.unscannable(doc.reason or "encrypted document")
+    elif data.startswith(documents.TNEF_SIGNATURE) or declared in _TNEF_TYPES:
+        _tnef(ctx, state, data, src=src, path=path, depth=depth, arch_depth=arch_depth)
+    elif kind in ("gzip", "bzip2", "xz"):
+        _compressed(ctx, state, data, kind=kind, path=path, depth=depth, arch_depth=arch_depth)
+    elif kind == "tar":
+        _tar(ctx, state, data, path=path, depth=depth, arch_depth=arch_depth)
+    elif kind in ("7z", "rar") or filetype.is_archive(true_type):
+        state.flags.add(ARCHIVE)
+        encrypted = documents.opaque_archive_encrypted(data)
+        if encrypted:
+            state.flags.add(ENCRYPTED)
+            state.unscannable(f"encrypted {kind} archive")
+        else:
+            state.unscannable(f"{kind} archive not opened")
+    elif kind == "message" or declared == "message/rfc822" or ext == "eml":
+        _message_file(ctx, data, path=path, depth=depth, arch_depth=arch_depth)
+    elif kind == "text" or true_type in ("application/csv", "application/json", "application/xml"):
+        text = mime.decode_text(data[: ctx.limits.text_bytes], None)
+        if true_type == "text/html":
+            text = mime.html_to_text(text)
+        ctx.add_text(text, src)
+
+
+def _nested_ok(ctx: Context, state: _FileState, arch_depth: int) -> bool:
+    if arch_depth >= ctx.limits.archive_depth:
+        state.unscannable("archive depth limit reached")
+        return False
+    return True
+
+
+def _zip(
+    ctx: Context, state: _FileState, data: bytes, *, path: str, depth: int, arch_depth: int
+) -> None:
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except _ZIP_ERRORS as exc:
+        state.unscannable(f"unreadable zip: {type(exc).__name__}")
+        return
+    with zf:
+        start_budget = ctx.expand_budget()
+        try:
+            bz = documents.BoundedZip(zf, start_budget)
+            if documents.is_ooxml(bz.names):
+                doc = documents.read_ooxml(bz, ctx.limits.text_bytes)
+            elif documents.is_odf(bz.names):
+                doc = documents.read_odf(bz, ctx.limits.text_bytes)
+            else:
+                state.flags.add(ARCHIVE)
+                _zip_members(ctx, state, zf, path=path, depth=depth, arch_depth=arch_depth)
+                return
+        except _ZIP_ERRORS as exc:
+            state.unscannable(
+                f"unreadable document: {exc}"
+                if isinstance(exc, DocumentError)
+                else f"unreadable document: {type(exc).__name__}"
+            )
+            return
+        ctx.expanded += start_budget - bz.budget
+        _document(ctx, state, doc, path=path, depth=depth, arch_depth=arch_depth)
+
+
+def _zip_members(
+    ctx: Context, state: _FileState, zf: zipfile.ZipFile, *, path: str, depth: int, arch_depth: int
+) -> None:
+    if not _nested_ok(ctx, state, arch_depth):
+        return
+    limits = ctx.limits
+    for info in zf.infolist():
+        ctx.check_time()
+        if info.is_dir():
+            continue
+        ctx.entries += 1
+        if ctx.entries > limits.archive_entries:
+            state.unscannable("archive entry limit reached")
+            return
+        member = f"{path}/{info.filename}"
+        name = info.filename.rsplit("/", 1)[-1]
+        ext = filetype.extension(name)
+        if info.flag_bits & 0x1:
+            state.flags.add(ENCRYPTED)
+            state.unscannable("encrypted archive entries")
+            flags = {ATTACHMENT, ENCRYPTED, UNSCANNABLE}
+            if filetype.is_executable("", ext):
+                flags.add(EXECUTABLE)
+            ctx.parts.append(
+                Part(
+                    path=member,
+                    filename=name,
+                    declared_type="",
+                    true_type="application/octet-stream",
+                    extension=ext,
+                    size=info.file_size,
+                    depth=depth + 1,
+                    flags=frozenset(flags),
+                    reason="encrypted archive entry",
+                )
+            )
+            continue
+        ratio = info.file_size / max(info.compress_size, 1)
+        budget = ctx.expand_budget()
+        if ratio > limits.expansion_ratio or info.file_size > budget:
+            why = (
+                "expansion ratio limit reached"
+                if ratio > limits.expansion_ratio
+                else "expanded bytes limit reached"
+            )
+            _skipped(ctx, state, member, name, size=info.file_size, depth=depth + 1, reason=why)
+            continue
+        try:
+            with zf.open(info) as fh:
+                content = fh.read(budget + 1)
+        except _ZIP_ERRORS as exc:
+            _skipped(
+                ctx,
+                state,
+                member,
+                name,
+                size=info.file_size,
+                depth=depth + 1,
+                reason=f"unreadable archive entry: {type(exc).__name__}",
+            )
+            continue
+        if (
+            len(content) > budget
+            or len(content) / max(info.compress_size, 1) > limits.expansion_ratio
+        ):
+            _skipped(
+                ctx,
+                state,
+                member,
+                name,
+                size=len(content),
+                depth=depth + 1,
+                reason="expansion limit reached",
+            )
+            continue
+        ctx.expanded += len(content)
+        ctx.charge(len(content))
+        examine(
+            ctx,
+            content,
+            name=name,
+            declared="",
+            path=member,
+            depth=depth + 1,
+            arch_depth=arch_depth + 1,
+        )
+
+
+def _skipped(
+    ctx: Context, state: _FileState, member: str, name: str, *, size: int, depth: int, reason: str
+) -> None:
+    state.unscannable(reason)
+    ext = filetype.extension(name)
+    flags = {ATTACHMENT, UNSCANNABLE}
+    if ext in filetype.EXECUTABLE_EXTENSIONS:
+        flags.add(EXECUTABLE)
+    ctx.parts.append(
+        Part(
+            path=member,
+            filename=name,
+            declared_type="",
+            true_type="application/octet-stream",
+            extension=ext,
+            size=size,
+            depth=depth,
+            flags=frozenset(flags),
+            reason=reason,
+        )
+    )
+
+
+def _document(
+    ctx: Context,
+    state: _FileState,
+    doc: documents.DocResult,
+    *,
+    path: str,
+    depth: int,
+    arch_depth: int,
+) -> None:
+    src = f"attachment:{path}"
+    if doc.macro:
+        state.flags.add(MACRO)
+    if doc.encrypted:
+        state.flags.add(ENCRYPTED)
+        state.unscannable(doc.reason or "encrypted document")
+    _properties(ctx, doc.properties, src)
+    for where, guid in doc.label_ids:
+        ctx.add_label(guid.strip("{}").lower(), f"{src}:{where}", ctx.scheme.resolve_guid(guid))
+    for where, text, marks_all in doc.texts:
+        ctx.add_text(text, f"{src}:{where}", marks_all=marks_all)
+    _embedded(ctx, state, doc.embedded, path=path, depth=depth, arch_depth=arch_depth)
+
+
+def _properties(ctx: Context, props: list[tuple[str, str, str]], src: str) -> None:
+    """Classification properties of a document: Purview label pairs and named fields."""
+    by_place: dict[str, list[tuple[str, str]]] = {}
+    for where, name, value in props:
+        if name.lower().startswith("msip_label_"):
+            by_place.setdefault(where, []).append((name, value))
+            continue
+        if not value:
+            continue
+        level = ctx.scheme.resolve_value(value)
+        if level is not None or labels.normalise(name) in _EXACT_PROPERTY_NAMES:
+            ctx.add_label(value, f"{src}:{where}", level)
+    for where, pairs in by_place.items():
+        for m in labels.msip_markings(pairs, ctx.scheme):
+            ctx.add_marking(m, f"{src}:{where}")
+
+
+def _embedded(
+    ctx: Context,
+    state: _FileState,
+    files: list[tuple[str, bytes]],
+    *,
+    path: str,
+    depth: int,
+    arch_depth: int,
+) -> None:
+    if not files or not _nested_ok(ctx, state, arch_depth):
+        return
+    for name, content in files:
+        ctx.entries += 1
+        if ctx.entries > ctx.limits.archive_entries:
+            state.unscannable("archive entry limit reached")
+            return
+        ctx.charge(len(content))
+        examine(
+            ctx,
+            content,
+            name=name,
+            declared="",
+            path=f"{path}/{name}",
+            depth=depth + 1,
+            arch_depth=arch_depth + 1,
+        )
+
+
+def _pdf(
+    ctx: Context,
+    state: _FileState,
+    data: bytes,
+    *,
+    src: str,
+    path: str,
+    depth: int,
+    arch_depth: int,
+) -> None:
+    room = max(0, ctx.limits.text_bytes - ctx.text_len)
+    result = inspect_pdf(data, max_text=room, max_expand=ctx.expand_budget(), deadline=ctx.deadline)
+    _properties(ctx, result.properties, src)
+    if result.encrypted:
+        state.flags.add(ENCRYPTED)
+    if result.reason:
+        state.unscannable(result.reason)
+    for page in result.text:
+        ctx.add_text(page, f"{src}:text")
+    _embedded(ctx, state, result.embedded, path=path, depth=depth, arch_depth=arch_depth)
+
+
+def _tnef(
+    ctx: Context,
+    state: _FileState,
+    data: bytes,
+    *,
+    src: str,
+    path: str,
+    depth: int,
+    arch_depth: int,
+) -> None:
+    try:
+        tnef = documents.read_tnef(data, ctx.limits.archive_entries)
+    except (DocumentError, struct.error) as exc:
+        state.unscannable(f"unreadable TNEF: {exc}")
+        return
+    for raw in labels.subject_markings(tnef.subject, ctx.scheme):
+        ctx.add_label(raw, f"{src}:subject", ctx.scheme.resolve(raw))
+    ctx.add_text(tnef.body, f"{src}:body")
+    _embedded(ctx, state, tnef.attachments, path=path, depth=depth, arch_depth=arch_depth)
+
+
+def _compressed(
+    ctx: Context,
+    state: _FileState,
+    data: bytes,
+    *,
+    kind: str,
+    path: str,
+    depth: int,
+    arch_depth: int,
+) -> None:
+    state.flags.add(ARCHIVE)
+    if not _nested_ok(ctx, state, arch_depth):
+        return
+    budget = ctx.expand_budget()
+    want = min(budget, int(len(data) * ctx.limits.expansion_ratio)) + 1
+    try:
+        if kind == "gzip":
+            out = zlib.decompressobj(wbits=47).decompress(data, want)
+        elif kind == "bzip2":
+            out = bz2.BZ2Decompressor().decompress(data, want)
+        else:
+            out = lzma.LZMADecompressor().decompress(data, want)
+    except (zlib.error, OSError, EOFError, ValueError, lzma.LZMAError) as exc:
+        state.unscannable(f"unreadable {kind}: {type(exc).__name__}")
+        return
+    if len(out) >= want:
+        state.unscannable("expansion limit reached")
+        return
+    ctx.expanded += len(out)
+    ctx.charge(len(out))
+    base = path.rsplit("/", 1)[-1]
+    inner = base.rsplit(".", 1)[0] if "." in base else base + ".out"
+    if base.lower().endswith(".tgz"):
+        inner = base[:-4] + ".tar"
+    ctx.entries += 1
+    examine(
+        ctx,
+        out,
+        name=inner,
+        declared="",
+        path=f"{path}/{inner}",
+        depth=depth + 1,
+        arch_depth=arch_depth + 1,
+    )
+
+
+def _tar(
+    ctx: Context, state: _FileState, data: bytes, *, path: str, depth: int, arch_depth: int
+) -> None:
+    state.flags.add(ARCHIVE)
+    if not _nested_ok(ctx, state, arch_depth):
+        return
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+            for info in tf:
+                ctx.check_time()
+                if not info.isfile():
+                    continue
+                ctx.entries += 1
+                if ctx.entries > ctx.limits.archive_entries:
+                    state.unscannable("archive entry limit reached")
+                    return
+                name = info.name.rsplit("/", 1)[-1]
+                fh = tf.extractfile(info)
+                if fh is None:
+                    continue
+                content = fh.read(ctx.expand_budget() + 1)
+                if len(content) > ctx.expand_budget():
+                    _skipped(
+                        ctx,
+                        state,
+                        f"{path}/{info.name}",
+                        name,
+                        size=info.size,
+                        depth=depth + 1,
+                        reason="expanded bytes limit reached",
+                    )
+                    continue
+                ctx.expanded += len(content)
+                ctx.charge(len(content))
+                examine(
+                    ctx,
+                    content,
+                    name=name,
+                    declared="",
+                    path=f"{path}/{info.name}",
+                    depth=depth + 1,
+                    arch_depth=arch_depth + 1,
+                )
+    except _TAR_ERRORS as exc:
+        state.unscannable(f"unreadable tar: {type(exc).__name__}")
+
+
+def _message_file(ctx: Context, data: bytes, *, path: str, depth: int, arch_depth: int) -> None:
+    """A message stored as a file (``.eml`` attachment, member of a zip): walked like mail."""
+    msg = email.message_from_bytes(data, policy=email.policy.compat32)
+    src = f"attachment:{path}:"
+    scan_headers(ctx, msg, src)
+    walk(ctx, msg, section="", container=path, depth=depth + 1, arch_depth=arch_depth, prefix=src)
