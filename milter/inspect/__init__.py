@@ -34,11 +34,10 @@ def inspect_message(
         scan_message(ctx, bytes(data))
     except RecursionError:
         ctx.note_unscannable("nesting too deep")
+    except LimitReached as exc:
+        ctx.note_unscannable(exc.reason)
     except Exception as exc:  # the contract: any failure is a finding, never an exception
-        reason = getattr(exc, "reason", None)
-        ctx.note_unscannable(
-            reason if isinstance(reason, str) else f"internal error: {type(exc).__name__}"
-        )
+        ctx.note_unscannable(f"internal error: {type(exc).__name__}")
     text = "\n\n".join(ctx.text)
     try:
         found = run_detectors(text, detectors)
