@@ -39,9 +39,13 @@ def load_config(args: argparse.Namespace) -> GatewayConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="milter", description="Outbound mail policy gateway (SE 79/SE/2019).")
-    parser.add_argument("-c", "--config", help="gateway configuration "
-                        f"(default: $MILTER_CONFIG, then {default_config_path()})")
+        prog="milter", description="Outbound mail policy gateway (SE 79/SE/2019)."
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        help=f"gateway configuration (default: $MILTER_CONFIG, then {default_config_path()})",
+    )
     parser.add_argument("--version", action="version", version=f"milter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

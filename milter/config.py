@@ -45,7 +45,7 @@ class Route:
     scheme: str = "smtp"
     host: str = ""
     port: int = 25
-    path: str = ""            # maildir
+    path: str = ""  # maildir
     timeout: float = 60.0
     username: str | None = None
     password: str | None = None
@@ -78,7 +78,7 @@ class NoticesConfig:
     sender: str = "postmaster@jakarta.go.id"
     officers: tuple[str, ...] = ()
     templates: str | None = None
-    rate_limit: int = 20           # notices per sender per hour
+    rate_limit: int = 20  # notices per sender per hour
     enabled: bool = True
 
 
@@ -98,7 +98,9 @@ class GatewayConfig:
     listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 2525),)
     hostname: str = "localhost"
     clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
-        ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
     max_message_size: int = 50 << 20
     max_recipients: int = 1000
     max_line_length: int = 998 + 2
@@ -108,8 +110,11 @@ class GatewayConfig:
     max_connections: int = 1000
     spool_threshold: int = 1 << 20
     spool_dir: str = ""
-    upstream: Route = field(default_factory=lambda: Route("upstream", "smtp://127.0.0.1:10025",
-                                                          host="127.0.0.1", port=10025))
+    upstream: Route = field(
+        default_factory=lambda: Route(
+            "upstream", "smtp://127.0.0.1:10025", host="127.0.0.1", port=10025
+        )
+    )
     routes: dict[str, Route] = field(default_factory=dict)
     policy: tuple[str, ...] = ()
     quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
@@ -122,6 +127,7 @@ class GatewayConfig:
     tls_key: str | None = None
     inspect: InspectLimits = field(default_factory=InspectLimits)
     log_level: str = "INFO"
+    shutdown_grace: float = 30.0
 
     def route(self, name: str) -> Route:
         return self.upstream if name == "upstream" else self.routes[name]
@@ -181,8 +187,8 @@ class _Reader:
         self.src = src
         self.base = Path(src.file).resolve().parent
 
-    def fail(self, path: KeyPath, message: str) -> ConfigError:
-        e = self.src.error(path, message)
+    def fail(self, path: KeyPath, message: str, at_key: bool = False) -> ConfigError:
+        e = self.src.error(path, message, at_key)
         return ConfigError(e.file, e.line, e.col, e.message)
 
     def mapping(self, value: Any, path: KeyPath, known: set[str]) -> dict[str, Any]:
@@ -193,7 +199,7 @@ class _Reader:
         for k in value:
             if k not in known:
                 hint = ", ".join(sorted(known))
-                raise self.fail((*path, k), f"unknown key (known keys: {hint})")
+                raise self.fail((*path, k), f"unknown key (known keys: {hint})", at_key=True)
         return value
 
     def conv(self, value: Any, path: KeyPath, fn: Any) -> Any:
@@ -246,12 +252,19 @@ class _Reader:
         user = spec.get("username")
         password = spec.get("password")
         if url.startswith("maildir:"):
-            return Route(name, url, "none", "maildir",
-                         path=self.path(url[len("maildir:"):], (*path, "url")), timeout=timeout)
+            return Route(
+                name,
+                url,
+                "none",
+                "maildir",
+                path=self.path(url[len("maildir:") :], (*path, "url")),
+                timeout=timeout,
+            )
         parts = urlsplit(url)
         if parts.scheme not in ("smtp", "smtps"):
-            raise self.fail((*path, "url"), "expected smtp://host:port, smtps://host:port "
-                            "or maildir:PATH")
+            raise self.fail(
+                (*path, "url"), "expected smtp://host:port, smtps://host:port or maildir:PATH"
+            )
         if not parts.hostname:
             raise self.fail((*path, "url"), "missing host")
         try:
@@ -260,16 +273,46 @@ class _Reader:
             raise self.fail((*path, "url"), "bad port") from None
         if parts.scheme == "smtps" and tls in ("none", "opportunistic"):
             tls = "required"
-        return Route(name, url, tls, parts.scheme, parts.hostname, port, timeout=timeout,
-                     username=user if isinstance(user, str) else parts.username,
-                     password=password if isinstance(password, str) else parts.password)
+        return Route(
+            name,
+            url,
+            tls,
+            parts.scheme,
+            parts.hostname,
+            port,
+            timeout=timeout,
+            username=user if isinstance(user, str) else parts.username,
+            password=password if isinstance(password, str) else parts.password,
+        )
 
 
-_TOP = {"listen", "hostname", "clients", "max_message_size", "max_recipients",
-        "max_line_length", "command_timeout", "data_timeout", "max_connections_per_client",
-        "max_connections", "spool_threshold", "spool_dir", "upstream", "routes", "policy",
-        "quarantine", "notices", "dkim", "metrics", "on_error", "workers", "tls",
-        "inspect", "log_level"}
+_TOP = {
+    "listen",
+    "hostname",
+    "clients",
+    "max_message_size",
+    "max_recipients",
+    "max_line_length",
+    "command_timeout",
+    "data_timeout",
+    "max_connections_per_client",
+    "max_connections",
+    "spool_threshold",
+    "spool_dir",
+    "upstream",
+    "routes",
+    "policy",
+    "quarantine",
+    "notices",
+    "dkim",
+    "metrics",
+    "on_error",
+    "workers",
+    "tls",
+    "inspect",
+    "log_level",
+    "shutdown_grace",
+}
 
 
 def from_source(src: Source) -> GatewayConfig:
@@ -278,23 +321,31 @@ def from_source(src: Source) -> GatewayConfig:
     d = r.mapping(src.data, (), _TOP)
     kw: dict[str, Any] = {"path": src.file}
     if "listen" in d:
-        kw["listen"] = tuple(r.conv(v, ("listen", i), parse_hostport)
-                             for i, v in enumerate(r.strings(d["listen"], ("listen",))))
+        kw["listen"] = tuple(
+            r.conv(v, ("listen", i), parse_hostport)
+            for i, v in enumerate(r.strings(d["listen"], ("listen",)))
+        )
         if not kw["listen"]:
             raise r.fail(("listen",), "at least one address is needed")
     if "hostname" in d:
         kw["hostname"] = r.string(d["hostname"], ("hostname",))
     if "clients" in d:
-        kw["clients"] = tuple(r.conv(v, ("clients", i), lambda s: ipaddress.ip_network(s, False))
-                              for i, v in enumerate(r.strings(d["clients"], ("clients",))))
+        kw["clients"] = tuple(
+            r.conv(v, ("clients", i), lambda s: ipaddress.ip_network(s, False))
+            for i, v in enumerate(r.strings(d["clients"], ("clients",)))
+        )
     for key in ("max_message_size", "spool_threshold"):
         if key in d:
             kw[key] = r.conv(d[key], (key,), parse_size)
-    for key in ("max_recipients", "max_line_length", "max_connections_per_client",
-                "max_connections"):
+    for key in (
+        "max_recipients",
+        "max_line_length",
+        "max_connections_per_client",
+        "max_connections",
+    ):
         if key in d:
             kw[key] = r.integer(d[key], (key,), 1)
-    for key in ("command_timeout", "data_timeout"):
+    for key in ("command_timeout", "data_timeout", "shutdown_grace"):
         if key in d:
             kw[key] = r.conv(d[key], (key,), parse_duration)
     if "spool_dir" in d:
@@ -309,37 +360,40 @@ def from_source(src: Source) -> GatewayConfig:
             raise r.fail(("routes", "upstream"), "'upstream' is reserved for the upstream key")
         kw["routes"] = {n: r.route(n, v, ("routes", n)) for n, v in routes.items()}
     if "policy" in d:
-        kw["policy"] = tuple(r.readable(v, ("policy", i) if isinstance(d["policy"], list)
-                                        else ("policy",))
-                             for i, v in enumerate(r.strings(d["policy"], ("policy",))))
+        kw["policy"] = tuple(
+            r.readable(v, ("policy", i) if isinstance(d["policy"], list) else ("policy",))
+            for i, v in enumerate(r.strings(d["policy"], ("policy",)))
+        )
     if "quarantine" in d:
         q = r.mapping(d["quarantine"], ("quarantine",), {"database", "spool", "retention"})
         qkw: dict[str, Any] = {}
         if "database" in q:
             db = r.string(q["database"], ("quarantine", "database"))
             if db.startswith("sqlite:///"):
-                rel = db[len("sqlite:///"):]
+                rel = db[len("sqlite:///") :]
                 db = "sqlite:///" + (rel if rel.startswith("/") else str(r.base / rel))
             elif not db.startswith(("postgresql://", "postgres://")):
-                raise r.fail(("quarantine", "database"),
-                             "expected sqlite:///PATH or postgresql://...")
+                raise r.fail(
+                    ("quarantine", "database"), "expected sqlite:///PATH or postgresql://..."
+                )
             qkw["database"] = db
         if "spool" in q:
             qkw["spool"] = r.path(q["spool"], ("quarantine", "spool"))
         if "retention" in q:
-            qkw["retention"] = r.conv(q["retention"], ("quarantine", "retention"),
-                                      parse_duration)
+            qkw["retention"] = r.conv(q["retention"], ("quarantine", "retention"), parse_duration)
         kw["quarantine"] = QuarantineConfig(**qkw)
     if "notices" in d:
-        n = r.mapping(d["notices"], ("notices",),
-                      {"from", "officers", "templates", "rate_limit", "enabled"})
+        n = r.mapping(
+            d["notices"], ("notices",), {"from", "officers", "templates", "rate_limit", "enabled"}
+        )
         nkw: dict[str, Any] = {}
         if "from" in n:
             nkw["sender"] = _address(r, n["from"], ("notices", "from"))
         if "officers" in n:
-            nkw["officers"] = tuple(_address(r, a, ("notices", "officers", i))
-                                    for i, a in enumerate(r.strings(n["officers"],
-                                                                    ("notices", "officers"))))
+            nkw["officers"] = tuple(
+                _address(r, a, ("notices", "officers", i))
+                for i, a in enumerate(r.strings(n["officers"], ("notices", "officers")))
+            )
         if "templates" in n:
             nkw["templates"] = r.path(n["templates"], ("notices", "templates"))
         if "rate_limit" in n:
@@ -358,10 +412,14 @@ def from_source(src: Source) -> GatewayConfig:
             for req in ("domain", "selector", "key_file"):
                 if req not in spec:
                     raise r.fail(p, f"missing {req}")
-            out.append(DkimKey(r.string(spec["domain"], (*p, "domain")).lower(),
-                               r.string(spec["selector"], (*p, "selector")),
-                               r.readable(spec["key_file"], (*p, "key_file")),
-                               r.strings(spec.get("headers", []), (*p, "headers"))))
+            out.append(
+                DkimKey(
+                    r.string(spec["domain"], (*p, "domain")).lower(),
+                    r.string(spec["selector"], (*p, "selector")),
+                    r.readable(spec["key_file"], (*p, "key_file")),
+                    r.strings(spec.get("headers", []), (*p, "headers")),
+                )
+            )
         kw["dkim"] = tuple(out)
     if d.get("metrics") is not None:
         kw["metrics"] = r.conv(d["metrics"], ("metrics",), parse_hostport)

@@ -32,7 +32,7 @@ MAX_IDLE_PER_ROUTE = 16
 class DeliveryResult:
     """The next hop's verdict on one transaction."""
 
-    ok: bool                                   # at least one recipient accepted the data
+    ok: bool  # at least one recipient accepted the data
     accepted: tuple[str, ...] = ()
     refused: dict[str, tuple[int, str]] = field(default_factory=dict)
     code: int = 250
@@ -73,8 +73,9 @@ def tls_context(policy: str) -> ssl.SSLContext:
 class SmtpConnection:
     """One client connection to a next hop, reusable across transactions."""
 
-    def __init__(self, route: Route, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, route: Route, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self.route = route
         self.reader = reader
         self.writer = writer
@@ -89,13 +90,19 @@ class SmtpConnection:
         try:
             ctx = tls_context(route.tls) if route.scheme == "smtps" else None
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(route.host, route.port, ssl=ctx,
-                                        server_hostname=route.host if ctx else None,
-                                        limit=1 << 20),
-                timeout)
+                asyncio.open_connection(
+                    route.host,
+                    route.port,
+                    ssl=ctx,
+                    server_hostname=route.host if ctx else None,
+                    limit=1 << 20,
+                ),
+                timeout,
+            )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            raise DeliveryError(Reply(451, f"next hop {route.name} unreachable: "
-                                      f"{_describe(exc)}", "4.4.1")) from None
+            raise DeliveryError(
+                Reply(451, f"next hop {route.name} unreachable: {_describe(exc)}", "4.4.1")
+            ) from None
         conn = cls(route, reader, writer)
         try:
             greeting = await conn.read_reply()
@@ -107,21 +114,38 @@ class SmtpConnection:
                     reply = await conn.command("STARTTLS")
                     if reply.code != 220:
                         if route.tls in ("required", "verify"):
-                            raise DeliveryError(Reply(451, f"TLS required by route "
-                                                      f"{route.name}: STARTTLS refused",
-                                                      "4.7.5"))
+                            raise DeliveryError(
+                                Reply(
+                                    451,
+                                    f"TLS required by route {route.name}: STARTTLS refused",
+                                    "4.7.5",
+                                )
+                            )
                     else:
                         try:
-                            await asyncio.wait_for(writer.start_tls(
-                                tls_context(route.tls), server_hostname=route.host), timeout)
+                            await asyncio.wait_for(
+                                writer.start_tls(
+                                    tls_context(route.tls), server_hostname=route.host
+                                ),
+                                timeout,
+                            )
                         except (OSError, TimeoutError, ssl.SSLError) as exc:
-                            raise DeliveryError(Reply(451, f"TLS with {route.name} failed: "
-                                                      f"{_describe(exc)}", "4.7.5")) from None
+                            raise DeliveryError(
+                                Reply(
+                                    451, f"TLS with {route.name} failed: {_describe(exc)}", "4.7.5"
+                                )
+                            ) from None
                         conn.reader = reader
                         await conn.ehlo(helo)
                 elif route.tls in ("required", "verify"):
-                    raise DeliveryError(Reply(451, f"TLS required by route {route.name} but "
-                                              "not offered; not sending in clear", "4.7.5"))
+                    raise DeliveryError(
+                        Reply(
+                            451,
+                            f"TLS required by route {route.name} but "
+                            "not offered; not sending in clear",
+                            "4.7.5",
+                        )
+                    )
             if route.username and route.password:
                 await conn.auth(route.username, route.password)
         except BaseException:
@@ -131,6 +155,7 @@ class SmtpConnection:
 
     async def auth(self, username: str, password: str) -> None:
         import base64
+
         token = base64.b64encode(f"\0{username}\0{password}".encode()).decode()
         reply = await self.command(f"AUTH PLAIN {token}")
         if reply.code != 235:
@@ -158,17 +183,20 @@ class SmtpConnection:
                 raw = await asyncio.wait_for(self.reader.readline(), self.route.timeout)
             except (OSError, TimeoutError, asyncio.LimitOverrunError, ValueError) as exc:
                 self.broken = True
-                raise DeliveryError(Reply(451, f"next hop {self.route.name}: "
-                                          f"{_describe(exc)}", "4.4.2")) from None
+                raise DeliveryError(
+                    Reply(451, f"next hop {self.route.name}: {_describe(exc)}", "4.4.2")
+                ) from None
             if not raw:
                 self.broken = True
-                raise DeliveryError(Reply(451, f"next hop {self.route.name} closed the "
-                                          "connection", "4.4.2"))
+                raise DeliveryError(
+                    Reply(451, f"next hop {self.route.name} closed the connection", "4.4.2")
+                )
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             if len(line) < 3 or not line[:3].isdigit():
                 self.broken = True
-                raise DeliveryError(Reply(451, f"next hop {self.route.name} sent a "
-                                          "malformed reply", "4.4.2"))
+                raise DeliveryError(
+                    Reply(451, f"next hop {self.route.name} sent a malformed reply", "4.4.2")
+                )
             code = int(line[:3])
             lines.append(line[4:])
             if len(line) == 3 or line[3] != "-":
@@ -183,15 +211,17 @@ class SmtpConnection:
             await asyncio.wait_for(self.writer.drain(), self.route.timeout)
         except (OSError, TimeoutError) as exc:
             self.broken = True
-            raise DeliveryError(Reply(451, f"next hop {self.route.name}: {_describe(exc)}",
-                                      "4.4.2")) from None
+            raise DeliveryError(
+                Reply(451, f"next hop {self.route.name}: {_describe(exc)}", "4.4.2")
+            ) from None
 
     async def command(self, line: str) -> Reply:
         await self.write(line.encode("utf-8") + b"\r\n")
         return await self.read_reply()
 
-    async def transaction(self, mail_from: str, rcpts: Sequence[str], message: Message,
-                          smtputf8: bool) -> DeliveryResult:
+    async def transaction(
+        self, mail_from: str, rcpts: Sequence[str], message: Message, smtputf8: bool
+    ) -> DeliveryResult:
         """MAIL, RCPT..., DATA; pipelined when the next hop allows it."""
         self.data_started = False
         params = []
@@ -201,9 +231,13 @@ class SmtpConnection:
             params.append(" BODY=8BITMIME")
         if smtputf8:
             if "SMTPUTF8" not in self.extensions:
-                return DeliveryResult(False, code=553, status="5.6.7", message=(
-                    f"next hop {self.route.name} does not support SMTPUTF8"),
-                    refused={r: (553, "SMTPUTF8 not supported") for r in rcpts})
+                return DeliveryResult(
+                    False,
+                    code=553,
+                    status="5.6.7",
+                    message=(f"next hop {self.route.name} does not support SMTPUTF8"),
+                    refused={r: (553, "SMTPUTF8 not supported") for r in rcpts},
+                )
             params.append(" SMTPUTF8")
         commands = [f"MAIL FROM:<{mail_from}>{''.join(params)}"]
         commands += [f"RCPT TO:<{r}>" for r in rcpts]
@@ -219,31 +253,47 @@ class SmtpConnection:
         mail = replies[0]
         if mail.code != 250:
             await self._reset()
-            return DeliveryResult(False, code=mail.code, status=mail.status,
-                                  message=mail.text,
-                                  refused={r: (mail.code, mail.text) for r in rcpts})
+            return DeliveryResult(
+                False,
+                code=mail.code,
+                status=mail.status,
+                message=mail.text,
+                refused={r: (mail.code, mail.text) for r in rcpts},
+            )
         accepted = [r for r, rep in zip(rcpts, replies[1:], strict=True) if rep.code in (250, 251)]
-        refused = {r: (rep.code, rep.text) for r, rep in zip(rcpts, replies[1:], strict=True)
-                   if rep.code not in (250, 251)}
+        refused = {
+            r: (rep.code, rep.text)
+            for r, rep in zip(rcpts, replies[1:], strict=True)
+            if rep.code not in (250, 251)
+        }
         if not accepted:
             await self._reset()
-            worst = min(refused.values(), key=lambda x: x[0])   # a 4xx wins: retry
+            worst = min(refused.values(), key=lambda x: x[0])  # a 4xx wins: retry
             return DeliveryResult(False, refused=refused, code=worst[0], message=worst[1])
         self.data_started = True
         reply = await self.command("DATA")
         if reply.code != 354:
             await self._reset()
-            return DeliveryResult(False, refused={r: (reply.code, reply.text) for r in rcpts},
-                                  code=reply.code, status=reply.status, message=reply.text)
+            return DeliveryResult(
+                False,
+                refused={r: (reply.code, reply.text) for r in rcpts},
+                code=reply.code,
+                status=reply.status,
+                message=reply.text,
+            )
         for chunk in message.wire_chunks():
             await self.write(chunk)
         reply = await self._end_data()
         if reply.code != 250:
-            return DeliveryResult(False, refused={r: (reply.code, reply.text) for r in rcpts},
-                                  code=reply.code, status=reply.status, message=reply.text)
+            return DeliveryResult(
+                False,
+                refused={r: (reply.code, reply.text) for r in rcpts},
+                code=reply.code,
+                status=reply.status,
+                message=reply.text,
+            )
         self.last_used = time.monotonic()
-        return DeliveryResult(True, tuple(accepted), refused, reply.code, reply.text,
-                              reply.status)
+        return DeliveryResult(True, tuple(accepted), refused, reply.code, reply.text, reply.status)
 
     async def _end_data(self) -> Reply:
         await self.write(b".\r\n")
@@ -292,8 +342,15 @@ class Deliverer:
     def update(self, config: GatewayConfig) -> None:
         self.config = config
 
-    async def send(self, route_name: str, mail_from: str, rcpts: Sequence[str],
-                   message: Message, *, smtputf8: bool = False) -> DeliveryResult:
+    async def send(
+        self,
+        route_name: str,
+        mail_from: str,
+        rcpts: Sequence[str],
+        message: Message,
+        *,
+        smtputf8: bool = False,
+    ) -> DeliveryResult:
         route = self.config.route(route_name)
         if route.scheme == "maildir":
             return await asyncio.to_thread(deliver_maildir, route, mail_from, rcpts, message)
@@ -301,13 +358,19 @@ class Deliverer:
             result = await self._smtp(route, mail_from, rcpts, message, smtputf8)
         except DeliveryError as exc:
             r = exc.reply
-            result = DeliveryResult(False, code=r.code, status=r.status, message=r.text,
-                                    refused={a: (r.code, r.text) for a in rcpts})
+            result = DeliveryResult(
+                False,
+                code=r.code,
+                status=r.status,
+                message=r.text,
+                refused={a: (r.code, r.text) for a in rcpts},
+            )
         result.route = route_name
         return result
 
-    async def _smtp(self, route: Route, mail_from: str, rcpts: Sequence[str],
-                    message: Message, smtputf8: bool) -> DeliveryResult:
+    async def _smtp(
+        self, route: Route, mail_from: str, rcpts: Sequence[str], message: Message, smtputf8: bool
+    ) -> DeliveryResult:
         conn = self._take(route)
         if conn is not None:
             try:
@@ -335,8 +398,12 @@ class Deliverer:
         now = time.monotonic()
         while pool:
             conn = pool.pop()
-            if (not conn.broken and conn.route == route and now - conn.last_used < IDLE_SECONDS
-                    and not conn.reader.at_eof()):
+            if (
+                not conn.broken
+                and conn.route == route
+                and now - conn.last_used < IDLE_SECONDS
+                and not conn.reader.at_eof()
+            ):
                 return conn
             conn.close()
         return None
@@ -350,15 +417,17 @@ class Deliverer:
 
     async def close(self) -> None:
         pools, self._idle = self._idle, {}
-        await asyncio.gather(*(c.quit() for pool in pools.values() for c in pool),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *(c.quit() for pool in pools.values() for c in pool), return_exceptions=True
+        )
 
 
 _counter = 0
 
 
-def deliver_maildir(route: Route, mail_from: str, rcpts: Sequence[str],
-                    message: Message) -> DeliveryResult:
+def deliver_maildir(
+    route: Route, mail_from: str, rcpts: Sequence[str], message: Message
+) -> DeliveryResult:
     """Write one file into a Maildir: tmp/, fsync, rename into new/, fsync the directory.
 
     The envelope is kept in ``Return-Path`` and ``X-Envelope-To`` headers in front
@@ -372,8 +441,7 @@ def deliver_maildir(route: Route, mail_from: str, rcpts: Sequence[str],
         _counter += 1
         name = f"{time.time():.6f}.P{os.getpid()}Q{_counter}.{socket.gethostname()}"
         tmp = os.path.join(base, "tmp", name)
-        envelope = (f"Return-Path: <{mail_from}>\r\n"
-                    f"X-Envelope-To: {', '.join(rcpts)}\r\n").encode("utf-8")
+        envelope = (f"Return-Path: <{mail_from}>\r\nX-Envelope-To: {', '.join(rcpts)}\r\n").encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -392,23 +460,31 @@ def deliver_maildir(route: Route, mail_from: str, rcpts: Sequence[str],
         finally:
             os.close(dfd)
     except OSError as exc:
-        return DeliveryResult(False, code=451, status="4.3.0", route=route.name,
-                              message=f"outbox {base}: {exc.strerror or exc}",
-                              refused={r: (451, "outbox write failed") for r in rcpts})
-    return DeliveryResult(True, tuple(rcpts), {}, 250, f"stored in {name}", "2.0.0",
-                          route=route.name)
+        return DeliveryResult(
+            False,
+            code=451,
+            status="4.3.0",
+            route=route.name,
+            message=f"outbox {base}: {exc.strerror or exc}",
+            refused={r: (451, "outbox write failed") for r in rcpts},
+        )
+    return DeliveryResult(
+        True, tuple(rcpts), {}, 250, f"stored in {name}", "2.0.0", route=route.name
+    )
 
 
-def send_message(config: GatewayConfig, route: str, mail_from: str, rcpts: Sequence[str],
-                 data: bytes) -> DeliveryResult:
+def send_message(
+    config: GatewayConfig, route: str, mail_from: str, rcpts: Sequence[str], data: bytes
+) -> DeliveryResult:
     """Synchronous one-shot delivery, for the command line (quarantine release)."""
 
     async def run() -> DeliveryResult:
         deliverer = Deliverer(config)
         try:
             smtputf8 = any(ord(c) > 127 for c in mail_from + "".join(rcpts))
-            return await deliverer.send(route, mail_from, rcpts, Message.from_content(data),
-                                        smtputf8=smtputf8)
+            return await deliverer.send(
+                route, mail_from, rcpts, Message.from_content(data), smtputf8=smtputf8
+            )
         finally:
             await deliverer.close()
 

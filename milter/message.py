@@ -8,6 +8,7 @@ inspector needs the unstuffed content, and it asks for it once.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import re
@@ -55,8 +56,9 @@ class Message:
     A spooled message lives in a private temporary file that is removed on ``close``.
     """
 
-    def __init__(self, wire: bytes | None = None, path: str | None = None,
-                 size: int | None = None) -> None:
+    def __init__(
+        self, wire: bytes | None = None, path: str | None = None, size: int | None = None
+    ) -> None:
         self._wire = wire
         self.path = path
         self.prefix = b""
@@ -88,7 +90,7 @@ class Message:
         if self._wire is not None:
             view = memoryview(self._wire)
             for i in range(0, len(view), CHUNK):
-                yield view[i:i + CHUNK]
+                yield view[i : i + CHUNK]
         elif self.path is not None:
             with open(self.path, "rb") as fh:
                 while block := fh.read(CHUNK):
@@ -122,10 +124,8 @@ class Message:
 
     def close(self) -> None:
         if self.path is not None:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-            except FileNotFoundError:
-                pass
             self.path = None
 
 
@@ -149,14 +149,15 @@ class SpoolWriter:
             if self.directory:
                 Path(self.directory).mkdir(parents=True, exist_ok=True, mode=0o700)
             self._fh = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives past this call
-                prefix="msg-", dir=self.directory, delete=False)
+                prefix="msg-", dir=self.directory, delete=False
+            )
             self._fh.write(self._buf)
             self._buf = bytearray()
 
     def finish(self, strip_tail: int) -> Message:
         """The message, dropping the last ``strip_tail`` bytes (the terminating dot line)."""
         if self._fh is None:
-            del self._buf[len(self._buf) - strip_tail:]
+            del self._buf[len(self._buf) - strip_tail :]
             return Message(bytes(self._buf))
         self._fh.flush()
         size = self.size - strip_tail
@@ -168,8 +169,6 @@ class SpoolWriter:
         self._buf = bytearray()
         if self._fh is not None:
             self._fh.close()
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._fh.name)
-            except FileNotFoundError:
-                pass
             self._fh = None

@@ -16,18 +16,24 @@ from prometheus_client import (
     start_http_server,
 )
 
-MESSAGES = Counter("milter_messages", "Messages by outcome of the DATA reply",
-                   ["outcome"])
+MESSAGES = Counter("milter_messages", "Messages by outcome of the DATA reply", ["outcome"])
 RECIPIENTS = Counter("milter_recipients", "Recipients by action taken", ["action"])
-PROCESSING = Histogram("milter_processing_seconds",
-                       "Time from end of DATA to the reply (inspection, policy, delivery)",
-                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-INSPECTION = Histogram("milter_inspection_seconds", "Time spent inspecting one message",
-                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
-NEXTHOP_ERRORS = Counter("milter_nexthop_errors", "Next-hop failures by route and kind",
-                         ["route", "kind"])
-SESSIONS = Gauge("milter_sessions_in_flight", "SMTP sessions currently open",
-                 multiprocess_mode="livesum")
+PROCESSING = Histogram(
+    "milter_processing_seconds",
+    "Time from end of DATA to the reply (inspection, policy, delivery)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+INSPECTION = Histogram(
+    "milter_inspection_seconds",
+    "Time spent inspecting one message",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+)
+NEXTHOP_ERRORS = Counter(
+    "milter_nexthop_errors", "Next-hop failures by route and kind", ["route", "kind"]
+)
+SESSIONS = Gauge(
+    "milter_sessions_in_flight", "SMTP sessions currently open", multiprocess_mode="livesum"
+)
 POLICY_RELOADS = Counter("milter_policy_reloads", "Policy reloads by result", ["result"])
 MESSAGE_BYTES = Counter("milter_message_bytes", "Bytes received in accepted DATA")
 

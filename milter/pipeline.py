@@ -48,8 +48,14 @@ class StoreLike(Protocol):
 class Notifier(Protocol):
     """Sends notices after the outcome is known; failures never change the outcome."""
 
-    async def after(self, envelope: Envelope, message: Message, findings: Findings | None,
-                    verdict: Verdict, outcome: Outcome) -> None: ...
+    async def after(
+        self,
+        envelope: Envelope,
+        message: Message,
+        findings: Findings | None,
+        verdict: Verdict,
+        outcome: Outcome,
+    ) -> None: ...
 
 
 @dataclass
@@ -57,7 +63,7 @@ class RecipientOutcome:
     """What happened to one envelope recipient."""
 
     address: str
-    action: str            # delivered | quarantined | rejected | refused | deferred
+    action: str  # delivered | quarantined | rejected | refused | deferred
     reply: Reply
     route: str | None = None
     rules: tuple[str, ...] = ()
@@ -94,10 +100,13 @@ def received_header(config: GatewayConfig, env: Envelope) -> bytes:
     helo = "".join(c for c in env.helo if c.isprintable() and c not in "()") or "unknown"
     ip = env.client_addr
     for_clause = f"\r\n\tfor <{env.rcpt_tos[0]}>" if len(env.rcpt_tos) == 1 else ""
-    date = email.utils.format_datetime(email.utils.localtime(
-        __import__("datetime").datetime.fromtimestamp(env.received_at)))
-    line = (f"Received: from {helo} ([{ip}])\r\n\tby {config.hostname} (milter) with {proto}"
-            f" id {env.queue_id}{for_clause};\r\n\t{date}\r\n")
+    date = email.utils.format_datetime(
+        email.utils.localtime(__import__("datetime").datetime.fromtimestamp(env.received_at))
+    )
+    line = (
+        f"Received: from {helo} ([{ip}])\r\n\tby {config.hostname} (milter) with {proto}"
+        f" id {env.queue_id}{for_clause};\r\n\t{date}\r\n"
+    )
     return line.encode("utf-8", "surrogateescape")
 
 
@@ -113,11 +122,18 @@ def _summary(findings: Findings | None, verdict: Verdict) -> dict[str, Any]:
 class Pipeline:
     """Inspect, decide, act; shared by every front-end of one process."""
 
-    def __init__(self, config: GatewayConfig, deliverer: Deliverer, *,
-                 policy: PolicyLike | None = None, inspector: Inspector | None = None,
-                 store: StoreLike | None = None, notifier: Notifier | None = None,
-                 rewrite: Callable[[bytes, Sequence[Rewrite]], bytes] | None = None,
-                 sign: Callable[[bytes, str], bytes] | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        deliverer: Deliverer,
+        *,
+        policy: PolicyLike | None = None,
+        inspector: Inspector | None = None,
+        store: StoreLike | None = None,
+        notifier: Notifier | None = None,
+        rewrite: Callable[[bytes, Sequence[Rewrite]], bytes] | None = None,
+        sign: Callable[[bytes, str], bytes] | None = None,
+    ) -> None:
         self.config = config
         self.deliverer = deliverer
         self.policy = policy
@@ -136,8 +152,12 @@ class Pipeline:
         try:
             findings, verdict = await self._decide(env, message)
         except Exception as exc:
-            log.event("decision-failed", logging.ERROR, id=env.queue_id,
-                      error=f"{type(exc).__name__}: {exc}")
+            log.event(
+                "decision-failed",
+                logging.ERROR,
+                id=env.queue_id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
             outcome = self._on_error(env)
             if outcome is None:
                 verdict = deliver_all(env.rcpt_tos)
@@ -156,8 +176,9 @@ class Pipeline:
         """``on_error``: tempfail (default) answers 451; deliver lets the mail through."""
         if self.config.on_error == "deliver":
             return None
-        return Outcome(TEMP_FAILURE, [RecipientOutcome(a, "deferred", TEMP_FAILURE)
-                                      for a in env.rcpt_tos])
+        return Outcome(
+            TEMP_FAILURE, [RecipientOutcome(a, "deferred", TEMP_FAILURE) for a in env.rcpt_tos]
+        )
 
     async def _decide(self, env: Envelope, message: Message) -> tuple[Findings | None, Verdict]:
         if self.policy is None or self.inspector is None:
@@ -169,8 +190,9 @@ class Pipeline:
         metrics.INSPECTION.observe(time.monotonic() - t0)
         return findings, self.policy.evaluate(env, findings)
 
-    async def _act(self, env: Envelope, message: Message, findings: Findings | None,
-                   verdict: Verdict) -> Outcome:
+    async def _act(
+        self, env: Envelope, message: Message, findings: Findings | None, verdict: Verdict
+    ) -> Outcome:
         held = [r for r in verdict.recipients if r.action == "quarantine"]
         rejected = [r for r in verdict.recipients if r.action == "reject"]
         groups: dict[tuple[str, tuple[Rewrite, ...]], list[RecipientVerdict]] = {}
@@ -183,40 +205,64 @@ class Pipeline:
         for r in rejected:
             text = r.reject_text or "Pesan ditolak oleh kebijakan / Message rejected by policy"
             rule = f" [{', '.join(r.rules)}]" if r.rules else ""
-            outcomes[r.address] = RecipientOutcome(r.address, "rejected",
-                                                   Reply(550, f"{text}{rule}", "5.7.1"),
-                                                   None, r.rules)
+            outcomes[r.address] = RecipientOutcome(
+                r.address, "rejected", Reply(550, f"{text}{rule}", "5.7.1"), None, r.rules
+            )
         if held:
             # Held mail is made durable before anything is delivered: if the store
             # fails, nothing has left yet and a 451 costs the sender only a retry.
             try:
                 quarantine_id = await self._quarantine(env, message, findings, verdict, held)
             except Exception as exc:
-                log.event("quarantine-failed", logging.ERROR, id=env.queue_id,
-                          error=f"{type(exc).__name__}: {exc}")
-                return Outcome(TEMP_FAILURE, [RecipientOutcome(a, "deferred", TEMP_FAILURE)
-                                              for a in env.rcpt_tos],
-                               classification=verdict.classification)
+                log.event(
+                    "quarantine-failed",
+                    logging.ERROR,
+                    id=env.queue_id,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                return Outcome(
+                    TEMP_FAILURE,
+                    [RecipientOutcome(a, "deferred", TEMP_FAILURE) for a in env.rcpt_tos],
+                    classification=verdict.classification,
+                )
             for r in held:
                 outcomes[r.address] = RecipientOutcome(
-                    r.address, "quarantined",
-                    Reply(250, f"ditahan di karantina / held in quarantine {quarantine_id}",
-                          "2.6.0"), None, r.rules)
+                    r.address,
+                    "quarantined",
+                    Reply(
+                        250, f"ditahan di karantina / held in quarantine {quarantine_id}", "2.6.0"
+                    ),
+                    None,
+                    r.rules,
+                )
 
-        sends = [self._deliver(env, message, route, rewrites, rcpts)
-                 for (route, rewrites), rcpts in groups.items()]
-        for (route, _), rcpts, result in zip(groups, groups.values(),
-                                             await asyncio.gather(*sends), strict=True):
+        sends = [
+            self._deliver(env, message, route, rewrites, rcpts)
+            for (route, rewrites), rcpts in groups.items()
+        ]
+        for (route, _), rcpts, result in zip(
+            groups, groups.values(), await asyncio.gather(*sends), strict=True
+        ):
             for r in rcpts:
                 outcomes[r.address] = self._recipient_outcome(r, route, result)
         ordered = [outcomes[a] for a in dict.fromkeys(r.address for r in verdict.recipients)]
         rules = tuple(dict.fromkeys(x for r in verdict.recipients for x in r.rules))
-        return Outcome(self._reply(env, ordered, quarantine_id), ordered, quarantine_id,
-                       verdict.classification, rules)
+        return Outcome(
+            self._reply(env, ordered, quarantine_id),
+            ordered,
+            quarantine_id,
+            verdict.classification,
+            rules,
+        )
 
-    async def _deliver(self, env: Envelope, message: Message, route: str,
-                       rewrites: tuple[Rewrite, ...], rcpts: list[RecipientVerdict],
-                       ) -> DeliveryResult:
+    async def _deliver(
+        self,
+        env: Envelope,
+        message: Message,
+        route: str,
+        rewrites: tuple[Rewrite, ...],
+        rcpts: list[RecipientVerdict],
+    ) -> DeliveryResult:
         out = message
         if (rewrites and self.rewrite is not None) or self.sign is not None:
             content = message.content()
@@ -225,35 +271,49 @@ class Pipeline:
             if self.sign is not None:
                 content = self.sign(content, env.mail_from)
             out = Message.from_content(content)
-        addresses = list(dict.fromkeys([r.address for r in rcpts]
-                                       + [b for r in rcpts for b in r.bcc]))
-        result = await self.deliverer.send(route, env.mail_from, addresses, out,
-                                           smtputf8=env.smtputf8)
+        addresses = list(
+            dict.fromkeys([r.address for r in rcpts] + [b for r in rcpts for b in r.bcc])
+        )
+        result = await self.deliverer.send(
+            route, env.mail_from, addresses, out, smtputf8=env.smtputf8
+        )
         if not result.ok:
             kind = "temporary" if result.code < 500 else "permanent"
             metrics.NEXTHOP_ERRORS.labels(route, kind).inc()
         return result
 
     @staticmethod
-    def _recipient_outcome(r: RecipientVerdict, route: str,
-                           result: DeliveryResult) -> RecipientOutcome:
+    def _recipient_outcome(
+        r: RecipientVerdict, route: str, result: DeliveryResult
+    ) -> RecipientOutcome:
         if r.address in result.refused:
             code, text = result.refused[r.address]
-            status = result.status if not result.ok and result.status else (
-                "4.0.0" if code < 500 else "5.0.0")
+            status = (
+                result.status
+                if not result.ok and result.status
+                else ("4.0.0" if code < 500 else "5.0.0")
+            )
             action = "deferred" if code < 500 else "refused"
             return RecipientOutcome(r.address, action, Reply(code, text, status), route, r.rules)
         if result.ok:
-            return RecipientOutcome(r.address, "delivered",
-                                    Reply(result.code, result.message, result.status or "2.0.0"),
-                                    route, r.rules)
+            return RecipientOutcome(
+                r.address,
+                "delivered",
+                Reply(result.code, result.message, result.status or "2.0.0"),
+                route,
+                r.rules,
+            )
         code = result.code if result.code >= 400 else 451
-        return RecipientOutcome(r.address, "deferred" if code < 500 else "refused",
-                                Reply(code, result.message, result.status), route, r.rules)
+        return RecipientOutcome(
+            r.address,
+            "deferred" if code < 500 else "refused",
+            Reply(code, result.message, result.status),
+            route,
+            r.rules,
+        )
 
     @staticmethod
-    def _reply(env: Envelope, outcomes: list[RecipientOutcome],
-               quarantine_id: str | None) -> Reply:
+    def _reply(env: Envelope, outcomes: list[RecipientOutcome], quarantine_id: str | None) -> Reply:
         """One DATA reply that does not lie about any recipient.
 
         Any temporary failure means 4xx for the whole message: the sender retries,
@@ -265,9 +325,11 @@ class Pipeline:
         if deferred:
             worst = deferred[0].reply
             status = worst.status if worst.status.startswith("4") else "4.4.1"
-            return Reply(worst.code if worst.code < 500 else 451,
-                         f"Penerusan tertunda, coba lagi / Next hop deferred: {worst.text}",
-                         status)
+            return Reply(
+                worst.code if worst.code < 500 else 451,
+                f"Penerusan tertunda, coba lagi / Next hop deferred: {worst.text}",
+                status,
+            )
         ok = [o for o in outcomes if o.action in ("delivered", "quarantined")]
         if not ok:
             first = outcomes[0]
@@ -281,44 +343,76 @@ class Pipeline:
             parts.append(f"Diterima / Queued as {env.queue_id}")
         if quarantine_id:
             n = sum(1 for o in outcomes if o.action == "quarantined")
-            parts.append(f"{n} penerima ditahan di karantina {quarantine_id} / "
-                         f"{n} recipient(s) held in quarantine {quarantine_id}")
+            parts.append(
+                f"{n} penerima ditahan di karantina {quarantine_id} / "
+                f"{n} recipient(s) held in quarantine {quarantine_id}"
+            )
         failed = len(outcomes) - len(ok)
         if failed:
-            parts.append(f"{failed} penerima ditolak, lihat laporan / "
-                         f"{failed} recipient(s) refused, see report")
+            parts.append(
+                f"{failed} penerima ditolak, lihat laporan / "
+                f"{failed} recipient(s) refused, see report"
+            )
         return Reply(250, "; ".join(parts), "2.6.0" if quarantine_id else "2.0.0")
 
-    async def _quarantine(self, env: Envelope, message: Message, findings: Findings | None,
-                          verdict: Verdict, held: list[RecipientVerdict]) -> str:
+    async def _quarantine(
+        self,
+        env: Envelope,
+        message: Message,
+        findings: Findings | None,
+        verdict: Verdict,
+        held: list[RecipientVerdict],
+    ) -> str:
         if self.store is None:
             raise RuntimeError("quarantine verdict but no quarantine store is configured")
         from milter.quarantine.store import QuarantineRecord
 
         record = QuarantineRecord(
-            id="", received_at=env.received_at, client=env.client_addr,
-            sender=env.mail_from, recipients=tuple(r.address for r in held),
-            subject=findings.subject if findings else "", size=message.size,
+            id="",
+            received_at=env.received_at,
+            client=env.client_addr,
+            sender=env.mail_from,
+            recipients=tuple(r.address for r in held),
+            subject=findings.subject if findings else "",
+            size=message.size,
             classification=verdict.classification,
             labels=tuple(sorted({lb.raw for lb in findings.labels})) if findings else (),
             rules=tuple(dict.fromkeys(x for r in held for x in r.rules)),
             clauses=tuple(dict.fromkeys(x for r in held for x in r.clauses)),
-            findings=_summary(findings, verdict), queue_id=env.queue_id)
+            findings=_summary(findings, verdict),
+            queue_id=env.queue_id,
+        )
         store = self.store
         return await asyncio.to_thread(store.put, message.content(), record)
 
-    async def _notify(self, env: Envelope, message: Message, findings: Findings | None,
-                      verdict: Verdict, outcome: Outcome) -> None:
+    async def _notify(
+        self,
+        env: Envelope,
+        message: Message,
+        findings: Findings | None,
+        verdict: Verdict,
+        outcome: Outcome,
+    ) -> None:
         if self.notifier is None:
             return
         try:
             await self.notifier.after(env, message, findings, verdict, outcome)
         except Exception as exc:
-            log.event("notice-failed", logging.WARNING, id=env.queue_id,
-                      error=f"{type(exc).__name__}: {exc}")
+            log.event(
+                "notice-failed",
+                logging.WARNING,
+                id=env.queue_id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
-    def _finish(self, env: Envelope, message: Message, outcome: Outcome, started: float,
-                verdict: Verdict | None) -> None:
+    def _finish(
+        self,
+        env: Envelope,
+        message: Message,
+        outcome: Outcome,
+        started: float,
+        verdict: Verdict | None,
+    ) -> None:
         elapsed = time.monotonic() - started
         metrics.PROCESSING.observe(elapsed)
         metrics.MESSAGES.labels(outcome.label).inc()
@@ -327,14 +421,27 @@ class Pipeline:
         if outcome.reply.code < 400:
             metrics.MESSAGE_BYTES.inc(message.size)
         log.message_line(
-            id=env.queue_id, client=env.client_addr, helo=env.helo, sender=env.mail_from,
-            recipients=[{"address": o.address, "action": o.action, "route": o.route,
-                         "reply": o.reply.line(), "rules": list(o.rules)}
-                        for o in outcome.recipients],
-            size=message.size, classification=outcome.classification,
-            quarantine_id=outcome.quarantine_id, reply=outcome.reply.line(),
+            id=env.queue_id,
+            client=env.client_addr,
+            helo=env.helo,
+            sender=env.mail_from,
+            recipients=[
+                {
+                    "address": o.address,
+                    "action": o.action,
+                    "route": o.route,
+                    "reply": o.reply.line(),
+                    "rules": list(o.rules),
+                }
+                for o in outcome.recipients
+            ],
+            size=message.size,
+            classification=outcome.classification,
+            quarantine_id=outcome.quarantine_id,
+            reply=outcome.reply.line(),
             audit=list(verdict.audit) if verdict else [],
-            duration_ms=round(elapsed * 1000, 1))
+            duration_ms=round(elapsed * 1000, 1),
+        )
 
     async def close(self) -> None:
         if self._background:

@@ -37,44 +37,60 @@ class Source:
 
     file: str
     data: Any
-    marks: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
+    marks: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)  # values
+    key_marks: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)  # mapping keys
 
-    def where(self, path: KeyPath) -> tuple[int, int]:
+    def where(self, path: KeyPath, at_key: bool = False) -> tuple[int, int]:
         """The nearest known position for ``path`` (walking up to its parents)."""
         p = tuple(path)
+        if at_key and p in self.key_marks:
+            return self.key_marks[p]
         while p:
             if p in self.marks:
                 return self.marks[p]
             p = p[:-1]
         return self.marks.get((), (1, 1))
 
-    def error(self, path: KeyPath, message: str) -> SourceError:
-        line, col = self.where(path)
+    def error(self, path: KeyPath, message: str, at_key: bool = False) -> SourceError:
+        """An error at the value of ``path`` (or at its key, for unknown keys)."""
+        line, col = self.where(path, at_key)
         key = format_path(path)
         return SourceError(self.file, line, col, f"{key}: {message}" if key else message)
 
 
-def _convert(node: yaml.Node, path: KeyPath, marks: dict[KeyPath, tuple[int, int]],
-             file: str) -> Any:
+def _convert(
+    node: yaml.Node,
+    path: KeyPath,
+    marks: dict[KeyPath, tuple[int, int]],
+    file: str,
+    key_marks: dict[KeyPath, tuple[int, int]],
+) -> Any:
     marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for k, v in node.value:
-            key = yaml.safe_load(yaml.serialize(k)) if not isinstance(k, yaml.ScalarNode) \
+            key = (
+                yaml.safe_load(yaml.serialize(k))
+                if not isinstance(k, yaml.ScalarNode)
                 else _scalar(k, file)
+            )
             if isinstance(key, (dict, list)):
-                raise SourceError(file, k.start_mark.line + 1, k.start_mark.column + 1,
-                                  "a key must be a plain value")
+                raise SourceError(
+                    file,
+                    k.start_mark.line + 1,
+                    k.start_mark.column + 1,
+                    "a key must be a plain value",
+                )
             skey = str(key)
             if skey in out:
-                raise SourceError(file, k.start_mark.line + 1, k.start_mark.column + 1,
-                                  f"duplicate key {skey!r}")
-            marks[(*path, skey)] = (k.start_mark.line + 1, k.start_mark.column + 1)
-            out[skey] = _convert(v, (*path, skey), marks, file)
-            marks[(*path, skey)] = (k.start_mark.line + 1, k.start_mark.column + 1)
+                raise SourceError(
+                    file, k.start_mark.line + 1, k.start_mark.column + 1, f"duplicate key {skey!r}"
+                )
+            key_marks[(*path, skey)] = (k.start_mark.line + 1, k.start_mark.column + 1)
+            out[skey] = _convert(v, (*path, skey), marks, file, key_marks)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(v, (*path, i), marks, file) for i, v in enumerate(node.value)]
+        return [_convert(v, (*path, i), marks, file, key_marks) for i, v in enumerate(node.value)]
     return _scalar(node, file)
 
 
@@ -83,8 +99,9 @@ def _scalar(node: yaml.Node, file: str) -> Any:
     try:
         return loader.construct_object(node, deep=True)
     except yaml.YAMLError as exc:
-        raise SourceError(file, node.start_mark.line + 1, node.start_mark.column + 1,
-                          str(exc).splitlines()[0]) from None
+        raise SourceError(
+            file, node.start_mark.line + 1, node.start_mark.column + 1, str(exc).splitlines()[0]
+        ) from None
     finally:
         loader.dispose()
 
@@ -100,9 +117,10 @@ def load_text(text: str, file: str) -> Source:
     except yaml.YAMLError as exc:
         raise SourceError(file, 1, 1, f"YAML: {exc}") from None
     marks: dict[KeyPath, tuple[int, int]] = {}
+    key_marks: dict[KeyPath, tuple[int, int]] = {}
     if node is None:
         return Source(file, None, {(): (1, 1)})
-    return Source(file, _convert(node, (), marks, file), marks)
+    return Source(file, _convert(node, (), marks, file, key_marks), marks, key_marks)
 
 
 def load_file(path: str | Path) -> Source:

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Flags a Part can carry. Policy conditions refer to these names.
-ENCRYPTED = "encrypted"          # zip entry password, OLE EncryptedPackage, PDF /Encrypt, 7z/rar
-MISMATCH = "mismatch"            # true type contradicts declared type or file-name extension
-EXECUTABLE = "executable"        # PE, ELF, Mach-O, MSI, LNK, scripts, ISO/IMG
-MACRO = "macro"                  # macro-enabled Office (vbaProject.bin, .docm/.xlsm, OLE macros)
-SIGNED = "signed"                # S/MIME or PGP signature structure
-UNSCANNABLE = "unscannable"      # could not be fully examined; see Part.reason
-ARCHIVE = "archive"              # zip, tar, gz, 7z, rar ...
-ATTACHMENT = "attachment"        # a file (as opposed to a body text part)
+ENCRYPTED = "encrypted"  # zip entry password, OLE EncryptedPackage, PDF /Encrypt, 7z/rar
+MISMATCH = "mismatch"  # true type contradicts declared type or file-name extension
+EXECUTABLE = "executable"  # PE, ELF, Mach-O, MSI, LNK, scripts, ISO/IMG
+MACRO = "macro"  # macro-enabled Office (vbaProject.bin, .docm/.xlsm, OLE macros)
+SIGNED = "signed"  # S/MIME or PGP signature structure
+UNSCANNABLE = "unscannable"  # could not be fully examined; see Part.reason
+ARCHIVE = "archive"  # zip, tar, gz, 7z, rar ...
+ATTACHMENT = "attachment"  # a file (as opposed to a body text part)
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Part:
     size: int
     depth: int
     flags: frozenset[str] = frozenset()
-    reason: str | None = None       # why it is unscannable, when it is
+    reason: str | None = None  # why it is unscannable, when it is
 
     def has(self, flag: str) -> bool:
         return flag in self.flags
@@ -80,10 +80,10 @@ class Part:
 class Detection:
     """A sensitive-data detector's result: distinct valid values, not raw matches."""
 
-    name: str                 # "nik", "nip", "npwp", "card", or a policy-supplied name
-    count: int                # distinct valid values
-    confidence: str           # "high" (supporting keyword within 300 chars) or "medium"
-    high_count: int = 0       # distinct values that had a supporting keyword nearby
+    name: str  # "nik", "nip", "npwp", "card", or a policy-supplied name
+    count: int  # distinct valid values
+    confidence: str  # "high" (supporting keyword within 300 chars) or "medium"
+    high_count: int = 0  # distinct values that had a supporting keyword nearby
 
     def to_dict(self) -> dict[str, Any]:
         return {"count": self.count, "confidence": self.confidence, "high_count": self.high_count}

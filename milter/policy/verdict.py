@@ -44,10 +44,10 @@ class RuleResult:
 
     name: str
     matched: bool
-    mode: str                          # enforce | audit | test
+    mode: str  # enforce | audit | test
     clause: str | None = None
     description: str | None = None
-    reasons: tuple[str, ...] = ()      # the findings each condition used, in words
+    reasons: tuple[str, ...] = ()  # the findings each condition used, in words
     recipient: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,9 +76,9 @@ class RecipientVerdict:
 
     address: str
     action: Action
-    route: str | None = None           # "upstream" or a route name when delivered
-    rules: tuple[str, ...] = ()        # rules whose enforce-mode actions decided this
-    clauses: tuple[str, ...] = ()      # their SE 79/SE/2019 clauses
+    route: str | None = None  # "upstream" or a route name when delivered
+    rules: tuple[str, ...] = ()  # rules whose enforce-mode actions decided this
+    clauses: tuple[str, ...] = ()  # their SE 79/SE/2019 clauses
     reject_text: str | None = None
     rewrites: tuple[Rewrite, ...] = ()
     bcc: tuple[str, ...] = ()
@@ -100,7 +100,7 @@ class Verdict:
     recipients: tuple[RecipientVerdict, ...]
     rules: tuple[RuleResult, ...] = ()
     notify: tuple[Notify, ...] = ()
-    audit: tuple[str, ...] = field(default=())   # audit/test-mode rules that matched
+    audit: tuple[str, ...] = field(default=())  # audit/test-mode rules that matched
 
     @property
     def rewrites(self) -> tuple[Rewrite, ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -17,8 +18,6 @@ import time
 from typing import Any
 
 from milter.config import GatewayConfig
-
-SHUTDOWN_GRACE = 30.0
 
 
 def register(sub: Any) -> None:
@@ -38,7 +37,7 @@ def serve(args: argparse.Namespace) -> int:
     from milter import log
 
     log.setup(config.log_level)
-    components = build_components(config)   # fails here, before binding, if invalid
+    components = build_components(config)  # fails here, before binding, if invalid
     if config.workers == 1:
         if config.metrics:
             from milter import metrics
@@ -64,8 +63,10 @@ def build_components(config: GatewayConfig) -> dict[str, Any]:
         try:
             out["policy"] = Policy.load(config.policy, routes=set(config.routes))
         except PolicyError as exc:
-            raise CommandError(str(exc).splitlines()[0] + (
-                f" (and {len(exc.errors) - 1} more)" if len(exc.errors) > 1 else "")) from None
+            raise CommandError(
+                str(exc).splitlines()[0]
+                + (f" (and {len(exc.errors) - 1} more)" if len(exc.errors) > 1 else "")
+            ) from None
         from milter.quarantine.store import QuarantineError, open_store
 
         try:
@@ -95,8 +96,7 @@ def make_pipeline(config: GatewayConfig, components: dict[str, Any]) -> Any:
         from milter.inspect import inspect_message
 
         kwargs["policy"] = policy
-        kwargs["inspector"] = partial(inspect_message, scheme=policy.scheme,
-                                      limits=config.inspect)
+        kwargs["inspector"] = partial(inspect_message, scheme=policy.scheme, limits=config.inspect)
         kwargs["store"] = components.get("store")
         kwargs["rewrite"] = apply
         from milter.notify import GatewayNotifier
@@ -134,8 +134,9 @@ def reload_policy(config: GatewayConfig, pipeline: Any) -> None:
     log.event("policy-reloaded", files=list(config.policy))
 
 
-async def run(config: GatewayConfig, components: dict[str, Any], *,
-              reuse_port: bool = False) -> None:
+async def run(
+    config: GatewayConfig, components: dict[str, Any], *, reuse_port: bool = False
+) -> None:
     from milter import log
     from milter.smtp.proxy import Gateway
 
@@ -146,12 +147,16 @@ async def run(config: GatewayConfig, components: dict[str, Any], *,
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_policy, config, gateway.pipeline)
-    log.event("listening", addresses=[f"{h}:{p}" for h, p in gateway.bound()],
-              upstream=config.upstream.url, pid=os.getpid(),
-              policy=list(config.policy))
+    log.event(
+        "listening",
+        addresses=[f"{h}:{p}" for h, p in gateway.bound()],
+        upstream=config.upstream.url,
+        pid=os.getpid(),
+        policy=list(config.policy),
+    )
     await stop.wait()
     log.event("stopping", pid=os.getpid(), sessions=len(gateway.sessions))
-    await gateway.shutdown(SHUTDOWN_GRACE)
+    await gateway.shutdown(config.shutdown_grace)
 
 
 def supervise(config: GatewayConfig) -> int:
@@ -183,10 +188,8 @@ def supervise(config: GatewayConfig) -> int:
         if signum in (signal.SIGTERM, signal.SIGINT):
             stopping = True
         for pid in children:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
@@ -200,8 +203,11 @@ def supervise(config: GatewayConfig) -> int:
             break
         except InterruptedError:
             continue
-        slot = children.pop(pid, None)
-        if slot is None or stopping:
+        if pid not in children or stopping:
+            children.pop(pid, None)
+            continue
+        slot = children.pop(pid)
+        if stopping:
             continue
         failures = [t for t in failures if time.monotonic() - t < 60] + [time.monotonic()]
         if len(failures) > 5 * config.workers:

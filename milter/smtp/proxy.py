@@ -13,9 +13,11 @@ import contextlib
 import ipaddress
 import re
 import ssl
+from collections.abc import Callable
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
+from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from milter import log, metrics
 from milter.config import GatewayConfig
@@ -25,22 +27,38 @@ from milter.pipeline import Pipeline
 from milter.replies import (
     NOT_PERMITTED,
     SHUTTING_DOWN,
-    SMUGGLING as SMUGGLING_REPLY,
     TEMP_FAILURE,
     TOO_BIG,
     TOO_MANY_CONNECTIONS,
     TOO_MANY_RECIPIENTS,
     Reply,
 )
+from milter.replies import (
+    SMUGGLING as SMUGGLING_REPLY,
+)
 
 _TERMINATOR = b"\r\n.\r\n"
 _HAS_STATUS = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
 # Enhanced codes for aiosmtpd's own replies (RFC 2034: every reply but the
 # greeting and the EHLO lines carries one once ENHANCEDSTATUSCODES is offered).
-_DEFAULT_STATUS = {"500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1",
-                   "504": "5.5.4", "552": "5.3.4", "553": "5.1.3", "554": "5.0.0",
-                   "421": "4.3.2", "450": "4.2.0", "451": "4.3.0", "452": "4.3.1",
-                   "221": "2.0.0", "250": "2.0.0", "251": "2.1.5", "252": "2.0.0"}
+_DEFAULT_STATUS = {
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "554": "5.0.0",
+    "421": "4.3.2",
+    "450": "4.2.0",
+    "451": "4.3.0",
+    "452": "4.3.1",
+    "221": "2.0.0",
+    "250": "2.0.0",
+    "251": "2.1.5",
+    "252": "2.0.0",
+}
 _READ_LIMIT = 1 << 20
 
 
@@ -58,6 +76,7 @@ class Gateway:
             self.tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.tls_context.load_cert_chain(config.tls_cert, config.tls_key)
         self.servers: list[asyncio.Server] = []
+        self._changed = asyncio.Event()
 
     def allowed(self, addr: str) -> bool:
         try:
@@ -74,8 +93,9 @@ class Gateway:
     async def start(self, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
         for host, port in self.config.listen:
-            server = await loop.create_server(self.factory, host=host, port=port,
-                                              reuse_port=reuse_port or None, backlog=512)
+            server = await loop.create_server(
+                self.factory, host=host, port=port, reuse_port=reuse_port or None, backlog=512
+            )
             self.servers.append(server)
 
     def bound(self) -> list[tuple[str, int]]:
@@ -87,6 +107,17 @@ class Gateway:
                 out.append((name[0], name[1]))
         return out
 
+    def changed(self) -> None:
+        """A session finished a transaction or went away: wake the shutdown waiter."""
+        self._changed.set()
+
+    async def wait_until(self, predicate: Callable[[], bool], seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                while not predicate():
+                    self._changed.clear()
+                    await self._changed.wait()
+
     async def shutdown(self, grace: float) -> None:
         """Stop accepting; let transactions in flight finish; close the rest politely."""
         self.closing = True
@@ -95,11 +126,8 @@ class Gateway:
         for session in list(self.sessions):
             if not session.busy:
                 session.close_politely()
-        deadline = asyncio.get_running_loop().time() + grace
-        while any(s.busy for s in self.sessions):
-            if asyncio.get_running_loop().time() > deadline:
-                break
-            await asyncio.sleep(0.05)
+        await self.wait_until(lambda: not any(s.busy for s in self.sessions), grace)
+        await self.wait_until(lambda: not self.sessions, 1.5)
         for session in list(self.sessions):
             session.abort()
         for s in self.servers:
@@ -114,10 +142,16 @@ class GatewaySMTP(SMTP):
     def __init__(self, gateway: Gateway) -> None:
         cfg = gateway.config
         super().__init__(
-            _Handler(gateway), data_size_limit=cfg.max_message_size, enable_SMTPUTF8=True,
-            decode_data=False, hostname=cfg.hostname, ident="ESMTP milter",
-            tls_context=gateway.tls_context, require_starttls=False,
-            timeout=cfg.command_timeout)
+            _Handler(gateway),
+            data_size_limit=cfg.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=cfg.hostname,
+            ident="ESMTP milter",
+            tls_context=gateway.tls_context,
+            require_starttls=False,
+            timeout=cfg.command_timeout,
+        )
         self.gateway = gateway
         self.busy = False
         self.client_ip = ""
@@ -145,6 +179,7 @@ class GatewaySMTP(SMTP):
             else:
                 gw.per_client[self.client_ip] = n
             metrics.SESSIONS.dec()
+            gw.changed()
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
@@ -153,8 +188,10 @@ class GatewaySMTP(SMTP):
             await self.push(SHUTTING_DOWN.line())
             self.abort()
             return
-        if (gw.per_client.get(self.client_ip, 0) > gw.config.max_connections_per_client
-                or len(gw.sessions) > gw.config.max_connections):
+        if (
+            gw.per_client.get(self.client_ip, 0) > gw.config.max_connections_per_client
+            or len(gw.sessions) > gw.config.max_connections
+        ):
             await self.push(TOO_MANY_CONNECTIONS.line())
             self.abort()
             return
@@ -175,8 +212,12 @@ class GatewaySMTP(SMTP):
         if isinstance(status, bytes):
             status = status.decode("utf-8", "replace")
         code = status[:3]
-        if (not self._in_ehlo and code not in ("220", "354", "334")
-                and not _HAS_STATUS.match(status) and code in _DEFAULT_STATUS):
+        if (
+            not self._in_ehlo
+            and code not in ("220", "354", "334")
+            and not _HAS_STATUS.match(status)
+            and code in _DEFAULT_STATUS
+        ):
             if code == "552" and "size" in status.lower():
                 status = TOO_BIG.line()
             else:
@@ -215,7 +256,7 @@ class GatewaySMTP(SMTP):
             try:
                 reply = await self._receive(spool, cfg)
                 if reply is None:
-                    message = spool.finish(3)   # the ".\r\n" of the terminator
+                    message = spool.finish(3)  # the ".\r\n" of the terminator
                     try:
                         reply = await self._process(message)
                     finally:
@@ -226,8 +267,17 @@ class GatewaySMTP(SMTP):
             self._set_post_data_state()  # type: ignore[no-untyped-call]
         finally:
             self.busy = False
+            self.gateway.changed()
         if self.gateway.closing:
-            self.close_politely()
+            # Let the client say QUIT and hear 221; a new MAIL hears 421 instead.
+            self._reset_timeout(1.0)
+
+    async def smtp_MAIL(self, arg: str) -> None:
+        if self.gateway.closing:
+            await self.push(SHUTTING_DOWN.line())
+            self.abort()
+            return
+        await super().smtp_MAIL(arg)
 
     async def _receive(self, spool: SpoolWriter, cfg: GatewayConfig) -> Reply | None:
         """Read up to CRLF.CRLF in large chunks; the reply if the data is refused."""
@@ -237,7 +287,7 @@ class GatewaySMTP(SMTP):
         old_limit = reader._limit
         reader._limit = _READ_LIMIT
         limit = cfg.max_message_size + 3
-        last = b"\r\n"          # the DATA line's CRLF: the terminator may follow at once
+        last = b"\r\n"  # the DATA line's CRLF: the terminator may follow at once
         refused: Reply | None = None
         try:
             while True:
@@ -249,8 +299,9 @@ class GatewaySMTP(SMTP):
                 else:
                     done = (last + chunk[-5:])[-5:] == _TERMINATOR
                 # Smuggling check per chunk, across the boundary, terminator excluded.
-                if refused is None and SMUGGLING.search(last[-2:] + (chunk[:-3] if done
-                                                                     else chunk)):
+                if refused is None and SMUGGLING.search(
+                    last[-2:] + (chunk[:-3] if done else chunk)
+                ):
                     refused = SMUGGLING_REPLY
                     spool.discard()
                 last = (last + chunk[-5:])[-5:]
@@ -273,14 +324,20 @@ class GatewaySMTP(SMTP):
         if env is None or session is None:
             return TEMP_FAILURE
         envelope = Envelope(
-            mail_from=env.mail_from or "", rcpt_tos=tuple(env.rcpt_tos),
-            client_addr=self.client_ip, helo=session.host_name or "",
-            smtputf8=bool(env.smtp_utf8), tls=session.ssl is not None, queue_id=new_id())
+            mail_from=env.mail_from or "",
+            rcpt_tos=tuple(env.rcpt_tos),
+            client_addr=self.client_ip,
+            helo=session.host_name or "",
+            smtputf8=bool(env.smtp_utf8),
+            tls=session.ssl is not None,
+            queue_id=new_id(),
+        )
         try:
             outcome = await self.gateway.pipeline.process(envelope, message)
         except Exception as exc:
-            log.event("pipeline-error", 40, id=envelope.queue_id,
-                      error=f"{type(exc).__name__}: {exc}")
+            log.event(
+                "pipeline-error", 40, id=envelope.queue_id, error=f"{type(exc).__name__}: {exc}"
+            )
             return TEMP_FAILURE
         return outcome.reply
 
@@ -291,25 +348,40 @@ class _Handler:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
-    async def handle_EHLO(self, server: GatewaySMTP, session: Session,
-                          envelope: SmtpEnvelope, hostname: str,
-                          responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self,
+        server: GatewaySMTP,
+        session: Session,
+        envelope: SmtpEnvelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
         session.host_name = hostname
         last = responses.pop()  # "250 HELP"
         return [*responses, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", last]
 
-    async def handle_MAIL(self, server: GatewaySMTP, session: Session,
-                          envelope: SmtpEnvelope, address: str,
-                          mail_options: list[str]) -> str:
+    async def handle_MAIL(
+        self,
+        server: GatewaySMTP,
+        session: Session,
+        envelope: SmtpEnvelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
         if not self.gateway.allowed(server.client_ip):
             return NOT_PERMITTED.line()
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
 
-    async def handle_RCPT(self, server: GatewaySMTP, session: Session,
-                          envelope: SmtpEnvelope, address: str,
-                          rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self,
+        server: GatewaySMTP,
+        session: Session,
+        envelope: SmtpEnvelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         if not self.gateway.allowed(server.client_ip):
             return NOT_PERMITTED.line()
         if len(envelope.rcpt_tos) >= self.gateway.config.max_recipients:
@@ -319,4 +391,3 @@ class _Handler:
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
-
