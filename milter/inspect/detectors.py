@@ -177,11 +177,18 @@ def valid_card(digits: str) -> bool:
 
 # --- candidates -----------------------------------------------------------------------
 
-_NIK = re.compile(r"(?<![\d.])(?:\d{16}|\d{2}\.\d{4}\.\d{6}\.\d{4})(?![\d]|\.\d)")
-_NIP = re.compile(r"(?<![\d.])\d{8}[ .]?\d{6}[ .]?\d[ .]?\d{3}(?![\d]|\.\d)")
-_NPWP = re.compile(r"(?<![\d.])(?:\d{2}\.\d{3}\.\d{3}\.\d[-.]\d{3}\.\d{3}|0?\d{15})(?![\d]|[.-]\d)")
-_CARD = re.compile(r"(?<![\d.])(?:\d{4}[ -]){2,3}\d{1,7}(?![\d]|[ -]\d)|(?<![\d.])\d{13,19}(?!\d)")
-_NON_DIGIT = re.compile(r"\D")
+_NIK = re.compile(r"(?<![\d.])(?:\d{16}|\d{2}\.\d{4}\.\d{6}\.\d{4})(?![\d]|\.\d)", re.ASCII)
+_NIP = re.compile(r"(?<![\d.])\d{8}[ .]?\d{6}[ .]?\d[ .]?\d{3}(?![\d]|\.\d)", re.ASCII)
+_NPWP = re.compile(
+    r"(?<![\d.])(?:\d{2}\.\d{3}\.\d{3}\.\d[-.]\d{3}\.\d{3}|0?\d{15})(?![\d]|[.-]\d)", re.ASCII
+)
+_CARD = re.compile(
+    r"(?<![\d.])(?:\d{4}[ -]){2,3}\d{1,7}(?![\d]|[ -]\d)|(?<![\d.])\d{13,19}(?!\d)", re.ASCII
+)
+# Every candidate above is a run of 13+ ASCII digits with single separators between them;
+# finding those runs first keeps the detailed patterns off ordinary prose.
+_RUN = re.compile(r"[0-9](?:[ .\-]?[0-9]){12,}")
+_NON_DIGIT = re.compile(r"[^0-9]")
 
 
 @dataclass(frozen=True)
@@ -264,17 +271,22 @@ def _result(name: str, values: dict[str, bool]) -> Detection:
 def run_detectors(text: str, extra: Sequence[Detector] = ()) -> dict[str, Detection]:
     """Every built-in detector plus ``extra`` over ``text``; detectors with no hit are omitted."""
     results: dict[str, Detection] = {}
+    runs = [(m.start(), m.group()) for m in _RUN.finditer(text)]
     nik_values: dict[str, tuple[int, int]] = {}
-    for det in _BUILTINS:
-        prox = _Proximity(text, det.keywords)
+    for det in _BUILTINS if runs else ():
+        prox: _Proximity | None = None
         values: dict[str, bool] = {}
-        for m in det.pattern.finditer(text):
-            digits = _NON_DIGIT.sub("", m.group())
-            if not det.validate(digits):
-                continue
-            if det.name == "nik":
-                nik_values.setdefault(digits, (m.start(), m.end()))
-            values[digits] = values.get(digits, False) or prox.near(m.start(), m.end())
+        for offset, run in runs:
+            for m in det.pattern.finditer(run):
+                digits = _NON_DIGIT.sub("", m.group())
+                if not det.validate(digits):
+                    continue
+                start, end = offset + m.start(), offset + m.end()
+                if det.name == "nik":
+                    nik_values.setdefault(digits, (start, end))
+                if prox is None:
+                    prox = _Proximity(text, det.keywords)
+                values[digits] = values.get(digits, False) or prox.near(start, end)
         if det.name == "npwp" and nik_values:
             # An individual's 16-digit NPWP is their NIK: count it when NPWP is named nearby.
             npwp_prox = _Proximity(text, _NPWP_KEYWORDS)

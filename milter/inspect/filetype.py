@@ -330,6 +330,7 @@ def mismatch(true_type: str, ext: str, declared: str) -> bool:
         expected
         and true_kind not in expected
         and not (true_kind == "zip" and expected & {"ooxml", "odf"})
+        and not (true_kind == "message" and "text" in expected)
     ):
         return True
     declared_kinds = _DECLARED_KIND.get(declared)

@@ -16,6 +16,8 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
+import pypdfium2 as pdfium
+
 from milter.inspect.labels import is_classification_property
 
 _STREAM = re.compile(rb">>\s*stream\r?\n")
@@ -249,8 +251,6 @@ def _render_text(
     data: bytes, *, max_text: int, deadline: float
 ) -> tuple[list[str] | None, str | None]:
     """Page text through pypdfium2, page by page, until the text or time budget runs out."""
-    import pypdfium2 as pdfium  # noqa: PLC0415 - loaded only for PDFs that need a renderer
-
     try:
         doc = pdfium.PdfDocument(data)
     except (pdfium.PdfiumError, ValueError, OSError) as exc:
