@@ -1,0 +1,256 @@
+"""Gateway throughput and memory, measured against the direct path in one run.
+
+    make bench            (or: .venv/bin/python bench/run.py --count 2000)
+
+Starts Postfix's smtp-sink, sends the same messages with Postfix's smtp-source
+(20 concurrent sessions reusing connections, a fixed count) first straight to the
+sink and then through ``milter serve`` (workers: 2), and prints messages/s for
+both and their ratio, the p50/p99 latency the gateway adds (a sequential probe),
+and the peak RSS of a gateway process relaying one 25 MB message. With the shipped
+policy present it also runs the report message through the gateway with the
+policy enforced and full inspection (external sender and recipient, so every rule
+is evaluated and the mail is delivered). A tool, not a test: it prints figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.messages import big_message, report_message, small_message  # noqa: E402
+from tests.conftest import free_port, wait_port  # noqa: E402
+
+OUT = ROOT / "bench" / "out"
+SENDER = "pengirim@example.com"
+RECIPIENT = "penerima@example.org"
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name) or f"/usr/sbin/{name}"
+    if not Path(path).exists():
+        sys.exit(f"{name} not found: install Debian's postfix package (make bench does)")
+    return path
+
+
+def start_sink() -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    user = ["-u", "root"] if os.geteuid() == 0 else []
+    proc = subprocess.Popen(
+        [tool("smtp-sink"), *user, f"127.0.0.1:{port}", "256"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port, proc=proc)
+    return proc, port
+
+
+def start_gateway(
+    upstream_port: int, workers: int, policy: bool = False, tag: str = ""
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    var = OUT / f"var{tag}"
+    shutil.rmtree(var, ignore_errors=True)
+    var.mkdir(parents=True)
+    lines = [
+        f'listen: ["127.0.0.1:{port}"]',
+        "hostname: bench.jakarta.go.id",
+        'clients: ["127.0.0.0/8"]',
+        f"upstream: smtp://127.0.0.1:{upstream_port}",
+        f"workers: {workers}",
+        "max_message_size: 60MB",
+        "max_connections_per_client: 1000",
+        f"spool_dir: {var}/tmp",
+        f"quarantine: {{database: 'sqlite:///{var}/q.sqlite3', spool: '{var}/spool'}}",
+    ]
+    if policy:
+        lines += [
+            f"policy: {ROOT}/policies/se-79-2019.yaml",
+            f"routes: {{sanapati: 'smtp://127.0.0.1:{upstream_port}'}}",
+        ]
+    cfg = OUT / f"gateway{tag}.yaml"
+    cfg.write_text("\n".join(lines) + "\n")
+    log = open(OUT / f"gateway{tag}.log", "wb")  # noqa: SIM115 - lives with the process
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "milter", "-c", str(cfg), "serve"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    wait_port(port, proc=proc)
+    time.sleep(0.5 if workers > 1 else 0.1)  # let every worker bind
+    return proc, port
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def smtp_source(port: int, path: Path, count: int, sessions: int) -> float:
+    """Messages per second, by Postfix's smtp-source with connection reuse."""
+    t0 = time.perf_counter()
+    subprocess.run(
+        [
+            tool("smtp-source"),
+            "-d",
+            "-s",
+            str(sessions),
+            "-m",
+            str(count),
+            "-F",
+            str(path),
+            "-f",
+            SENDER,
+            "-t",
+            RECIPIENT,
+            f"127.0.0.1:{port}",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=600,
+    )
+    return count / (time.perf_counter() - t0)
+
+
+def probe(port: int, data: bytes, count: int) -> list[float]:
+    """Per-message latency in ms of a sequential client over one connection."""
+    out = []
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
+        s.ehlo("probe.example.com")
+        for _ in range(count):
+            t0 = time.perf_counter()
+            s.sendmail(SENDER, [RECIPIENT], data)
+            out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def worker_pids(parent: int) -> list[int]:
+    try:
+        kids = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    except OSError:
+        kids = []
+    return [int(k) for k in kids] or [parent]
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=2000, help="messages per measurement")
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--probe", type=int, default=200, help="sequential latency samples")
+    ap.add_argument("--no-policy", action="store_true", help="skip the policy-enforced run")
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    messages = {"5 KB": small_message(), "report": report_message()}
+    files = {}
+    for name, data in messages.items():
+        path = OUT / f"{name.replace(' ', '')}.eml"
+        path.write_bytes(data.replace(b"\r\n", b"\n"))  # smtp-source adds the CRs
+        files[name] = path
+
+    sink, sink_port = start_sink()
+    rows = []
+    try:
+        gw, gw_port = start_gateway(sink_port, workers=2)
+        try:
+            for name, path in files.items():
+                size = len(messages[name]) // 1024
+                smtp_source(sink_port, path, min(200, args.count), args.sessions)  # warm-up
+                direct = smtp_source(sink_port, path, args.count, args.sessions)
+                smtp_source(gw_port, path, min(200, args.count), args.sessions)
+                via = smtp_source(gw_port, path, args.count, args.sessions)
+                lat_direct = probe(sink_port, messages[name], args.probe)
+                lat_gw = probe(gw_port, messages[name], args.probe)
+                rows.append(
+                    (
+                        f"{name} ({size} KB), pass-through",
+                        direct,
+                        via,
+                        pct(lat_gw, 0.5) - pct(lat_direct, 0.5),
+                        pct(lat_gw, 0.99) - pct(lat_direct, 0.99),
+                    )
+                )
+        finally:
+            stop(gw)
+        if not args.no_policy and (ROOT / "policies" / "se-79-2019.yaml").exists():
+            gw, gw_port = start_gateway(sink_port, workers=2, policy=True, tag="-policy")
+            try:
+                path = files["report"]
+                size = len(messages["report"]) // 1024
+                count = max(200, args.count // 4)
+                direct = smtp_source(sink_port, path, count, args.sessions)
+                smtp_source(gw_port, path, 100, args.sessions)
+                via = smtp_source(gw_port, path, count, args.sessions)
+                lat_direct = probe(sink_port, messages["report"], args.probe // 2)
+                lat_gw = probe(gw_port, messages["report"], args.probe // 2)
+                rows.append(
+                    (
+                        f"report ({size} KB), SE 79 policy",
+                        direct,
+                        via,
+                        pct(lat_gw, 0.5) - pct(lat_direct, 0.5),
+                        pct(lat_gw, 0.99) - pct(lat_direct, 0.99),
+                    )
+                )
+            finally:
+                stop(gw)
+
+        gw, gw_port = start_gateway(sink_port, workers=1, tag="-big")
+        try:
+            big = big_message(25 << 20)
+            before = max(peak_rss_mb(p) for p in worker_pids(gw.pid))
+            t0 = time.perf_counter()
+            with smtplib.SMTP("127.0.0.1", gw_port, timeout=300) as s:
+                s.sendmail(SENDER, [RECIPIENT], big)
+            big_seconds = time.perf_counter() - t0
+            peak = max(peak_rss_mb(p) for p in worker_pids(gw.pid))
+        finally:
+            stop(gw)
+    finally:
+        sink.terminate()
+        sink.wait(5)
+
+    print(
+        f"\nmilter gateway benchmark: {args.count} messages, {args.sessions} sessions, "
+        f"connections reused, workers: 2, {os.cpu_count()} cores"
+    )
+    print(
+        f"{'message, mode':34} {'direct/s':>10} {'gateway/s':>10} {'ratio':>7} "
+        f"{'+p50 ms':>8} {'+p99 ms':>8}"
+    )
+    for label, direct, via, p50, p99 in rows:
+        print(f"{label:34} {direct:10.0f} {via:10.0f} {via / direct:7.1%} {p50:8.2f} {p99:8.2f}")
+    print(
+        f"25 MB message through the gateway (workers: 1): {big_seconds:.2f} s, "
+        f"peak RSS {peak:.0f} MB (idle peak before: {before:.0f} MB)"
+    )
+
+
+if __name__ == "__main__":
+    main()
