@@ -222,11 +222,13 @@ class Policy:
                     winner is None or SEVERITY[_kind(rule)] > SEVERITY[_kind(winner)]
                 ):
                     winner = rule
-                if rule.notify:
-                    tell(rule, rule.notify)
                 if rule.stop:
                     stopped = last_stop = rule.name
-            verdicts.append(self._decide(address, matched, winner, rendered, values))
+            verdict, decisive = self._decide(address, matched, winner, rendered, values)
+            verdicts.append(verdict)
+            for rule in decisive:
+                if rule.notify:
+                    tell(rule, rule.notify)
 
         for i, rule in enumerate(rules):
             if not results[i] and not rule.per_recipient:
@@ -273,7 +275,10 @@ class Policy:
         winner: Rule | None,
         rendered: dict[int, tuple[Rewrite, ...]],
         values: dict[str, str],
-    ) -> RecipientVerdict:
+    ) -> tuple[RecipientVerdict, list[Rule]]:
+        """The recipient's outcome and the rules that decided it. A rule whose terminal
+        action was overruled by a more restrictive one contributes nothing else either:
+        its rewrites, copies and notices belong to the outcome it asked for."""
         kind = _kind(winner) if winner is not None else "deliver"
         decisive = [
             r
@@ -292,31 +297,37 @@ class Policy:
         names = tuple(r.name for r in decisive)
         if kind == "reject":
             text = winner.reject_text if winner is not None else None
-            return RecipientVerdict(address, "reject", None, names, tuple(clauses), text)
+            return RecipientVerdict(address, "reject", None, names, tuple(clauses), text), decisive
         rewrites: list[Rewrite] = []
         bcc: list[str] = []
-        for r in matched:
+        for r in decisive:
             rewrites.extend(self._rewrites(r, rendered, values))
             bcc.extend(b for b in r.bcc if b not in bcc)
         if kind == "quarantine":
-            return RecipientVerdict(
+            return (
+                RecipientVerdict(
+                    address,
+                    "quarantine",
+                    None,
+                    names,
+                    tuple(clauses),
+                    rewrites=tuple(rewrites),
+                    bcc=tuple(bcc),
+                ),
+                decisive,
+            )
+        route = winner.route if winner is not None and winner.route else "upstream"
+        return (
+            RecipientVerdict(
                 address,
-                "quarantine",
-                None,
+                "deliver",
+                route,
                 names,
                 tuple(clauses),
                 rewrites=tuple(rewrites),
                 bcc=tuple(bcc),
-            )
-        route = winner.route if winner is not None and winner.route else "upstream"
-        return RecipientVerdict(
-            address,
-            "deliver",
-            route,
-            names,
-            tuple(clauses),
-            rewrites=tuple(rewrites),
-            bcc=tuple(bcc),
+            ),
+            decisive,
         )
 
     @staticmethod
