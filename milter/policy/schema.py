@@ -259,11 +259,13 @@ class Compiler:
 
     # -- error helpers -----------------------------------------------------------------
 
-    def fail(self, path: KeyPath, message: str, src: Source | None = None) -> None:
+    def fail(
+        self, path: KeyPath, message: str, src: Source | None = None, *, at_key: bool = False
+    ) -> None:
         source = src or self._src
         if source is None:
             raise RuntimeError("no source to report against")
-        self.errors.append(source.error(path, message))
+        self.errors.append(source.error(path, message, at_key))
 
     def mapping(self, value: Any, path: KeyPath, known: Sequence[str]) -> dict[str, Any] | None:
         if not isinstance(value, dict):
@@ -272,7 +274,9 @@ class Compiler:
         ok = True
         for key in value:
             if key not in known:
-                self.fail((*path, key), f"unknown key (known keys: {', '.join(known)})")
+                self.fail(
+                    (*path, key), f"unknown key (known keys: {', '.join(known)})", at_key=True
+                )
                 ok = False
         return value if ok else {k: v for k, v in value.items() if k in known}
 
@@ -347,7 +351,7 @@ class Compiler:
         spec = self.mapping(value, path, ("min", "max"))
         if spec is None:
             return None
-        if not spec:
+        if not spec and not value:
             self.fail(path, "expected min and/or max")
             return None
         bounds: dict[str, int] = {}
@@ -394,7 +398,7 @@ class Compiler:
         for name, listed in value.items():
             path: KeyPath = ("domains", name)
             if not _NAME.match(name):
-                self.fail(path, f"bad set name {name!r}")
+                self.fail(path, f"bad set name {name!r}", at_key=True)
                 continue
             entries = [] if listed is None else listed
             if not isinstance(entries, list):
@@ -430,7 +434,7 @@ class Compiler:
         for level, spec in value.items():
             lpath = (*path, level)
             if not _LEVEL.match(level):
-                self.fail(lpath, f"bad level name {level!r} (letters, digits and _)")
+                self.fail(lpath, f"bad level name {level!r} (letters, digits and _)", at_key=True)
                 continue
             if first:
                 self.defs.levels.append(level)
@@ -440,6 +444,7 @@ class Compiler:
                     f"unknown level {level!r}: levels are set by "
                     f"{self.defs.level_source}; a later file may only add aliases "
                     "and guids",
+                    at_key=True,
                 )
                 continue
             if spec is None:
@@ -477,7 +482,7 @@ class Compiler:
         for name, words in value.items():
             path: KeyPath = ("keywords", name)
             if not _NAME.match(name):
-                self.fail(path, f"bad dictionary name {name!r}")
+                self.fail(path, f"bad dictionary name {name!r}", at_key=True)
                 continue
             got = self.texts(words, path)
             if got is not None:
@@ -539,12 +544,13 @@ class Compiler:
             if not _NAME.match(name):
                 self.fail((*path, "name"), f"bad rule name {name!r} (letters, digits, _ . -)")
                 continue
-            if name in seen:
+            duplicate = name in seen
+            if duplicate:
                 self.fail(
                     (*path, "name"), f"duplicate rule name {name!r} (also rules[{seen[name]}])"
                 )
-                continue
-            seen[name] = i
+            else:
+                seen[name] = i
             before = self.text(spec["before"], (*path, "before")) if "before" in spec else None
             enabled = (
                 self.boolean(spec["enabled"], (*path, "enabled")) if "enabled" in spec else True
@@ -553,6 +559,8 @@ class Compiler:
                 out.append((None, before, (*path, "name")))
                 continue
             rule = self._rule(name, spec, path, src)
+            if duplicate:
+                continue
             if rule is not None:
                 out.append((rule, before, (*path, "name")))
             else:
@@ -608,7 +616,7 @@ class Compiler:
         spec = self.mapping(value, path, _CONDITION_KEYS)
         if spec is None:
             return None
-        if not spec:
+        if not spec and not value:
             self.fail(path, "expected at least one condition")
             return None
         out: list[Condition] = []
@@ -674,7 +682,7 @@ class Compiler:
         spec = self.mapping(value, path, _ADDRESS_KEYS)
         if spec is None:
             return None
-        if not spec:
+        if not spec and not value:
             self.fail(path, f"expected one of {', '.join(_ADDRESS_KEYS)}")
             return None
         before = len(self.errors)
@@ -719,7 +727,7 @@ class Compiler:
         spec = self.mapping(value, path, ("at_least", "at_most", "is"))
         if spec is None:
             return None
-        if not spec:
+        if not spec and not value:
             self.fail(path, "expected at_least, at_most or is")
             return None
         before = len(self.errors)
@@ -746,7 +754,7 @@ class Compiler:
         spec = self.mapping(value, path, ("raw", "source"))
         if spec is None:
             return None
-        if not spec:
+        if not spec and not value:
             self.fail(path, "expected raw and/or source")
             return None
         raw = self.texts(spec["raw"], (*path, "raw")) if "raw" in spec else []
@@ -762,7 +770,7 @@ class Compiler:
         spec = self.mapping(value, path, (*_SELECTOR_KEYS, *extra))
         if spec is None:
             return None
-        if not [k for k in spec if k not in extra]:
+        if not [k for k in value if k not in extra]:
             self.fail(path, f"expected some of {', '.join(_SELECTOR_KEYS)}")
             return None
         before = len(self.errors)
@@ -797,7 +805,7 @@ class Compiler:
         spec = self.mapping(value, path, ("keywords", "words", "min_count", "regex", "detector"))
         if spec is None:
             return None
-        if not ({"keywords", "words", "regex", "detector"} & set(spec)):
+        if not ({"keywords", "words", "regex", "detector"} & set(value)):
             self.fail(path, "expected keywords, words, regex or detector")
             return None
         before = len(self.errors)
@@ -978,7 +986,8 @@ class Compiler:
             "notify",
         )
         if kind not in known:
-            self.fail(path, f"unknown action {kind!r} (known: {', '.join((*TERMINALS, *known))})")
+            names = ", ".join((*TERMINALS, *known))
+            self.fail(path, f"unknown action {kind!r} (known: {names})", at_key=True)
             return
         if bare:
             self.fail(path, f"{kind} needs a value: {{{kind}: ...}}")
@@ -1098,7 +1107,8 @@ def compile_sources(
     rules = tuple(r for r in order if r.name not in dropped)
     dictionaries = {k: tuple(v) for k, v in c.defs.dictionaries.items()}
     scan = {**dictionaries, **{k: tuple(v) for k, v in c.inline.items()}}
-    errors.extend(c.errors)
+    rank = {s.file: i for i, s in reversed(list(enumerate(sources)))}
+    errors.extend(sorted(c.errors, key=lambda e: (rank.get(e.file, len(rank)), e.line, e.col)))
     return Compiled(
         files=tuple(s.file for s in sources),
         levels=c.levels(),
