@@ -169,7 +169,8 @@ def test_missing_file_and_duplicate_yaml_key(tmp_path: Path) -> None:
             "3:25: rules[0].when.sender.in: expected a string or a non-empty list of strings",
         ),
         (
-            "rules:\n  - name: x\n    when: {content: {detector: {name: ssn}}}\n    then: [deliver]\n",
+            "rules:\n  - name: x\n    when: {content: {detector: {name: ssn}}}\n"
+            "    then: [deliver]\n",
             "3:39: rules[0].when.content.detector.name: unknown detector 'ssn'",
         ),
         (
