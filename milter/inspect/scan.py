@@ -316,6 +316,14 @@ def attached(
     inner = payload[0]
     if not isinstance(inner, Message):
         return
+    cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    if cte in ("base64", "quoted-printable") and not inner.keys():
+        # RFC 2046 forbids encoding message/rfc822, but mailers do it: decode, then parse.
+        carrier = Message()
+        carrier["Content-Transfer-Encoding"] = cte
+        carrier.set_payload(inner.get_payload())
+        raw, _problem = mime.payload_bytes(carrier)
+        inner = email.message_from_bytes(raw, policy=email.policy.compat32)
     name = mime.filename(part) or f"{section}.eml"
     path = f"{container}/{name}" if container else name
     ctx.parts.append(
