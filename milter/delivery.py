@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from milter.config import GatewayConfig, Route
-from milter.message import Message
+from milter.message import CHUNK, Message
 from milter.replies import Reply
 
 IDLE_SECONDS = 30.0
@@ -176,16 +176,20 @@ class SmtpConnection:
         self.extensions = ext
 
     async def read_reply(self) -> Reply:
+        try:
+            async with asyncio.timeout(self.route.timeout):
+                return await self._read_reply()
+        except (OSError, TimeoutError, asyncio.LimitOverrunError, ValueError) as exc:
+            self.broken = True
+            raise DeliveryError(
+                Reply(451, f"next hop {self.route.name}: {_describe(exc)}", "4.4.2")
+            ) from None
+
+    async def _read_reply(self) -> Reply:
         lines: list[str] = []
         code = 0
         while True:
-            try:
-                raw = await asyncio.wait_for(self.reader.readline(), self.route.timeout)
-            except (OSError, TimeoutError, asyncio.LimitOverrunError, ValueError) as exc:
-                self.broken = True
-                raise DeliveryError(
-                    Reply(451, f"next hop {self.route.name}: {_describe(exc)}", "4.4.2")
-                ) from None
+            raw = await self.reader.readline()
             if not raw:
                 self.broken = True
                 raise DeliveryError(
@@ -208,7 +212,11 @@ class SmtpConnection:
     async def write(self, data: bytes | memoryview) -> None:
         try:
             self.writer.write(data)
-            await asyncio.wait_for(self.writer.drain(), self.route.timeout)
+            # Waiting for the buffer to drain only when it is full spares a timer
+            # per write on the hot path; big messages still stream with back-pressure.
+            if self.writer.transport.get_write_buffer_size() > 256 * 1024:
+                async with asyncio.timeout(self.route.timeout):
+                    await self.writer.drain()
         except (OSError, TimeoutError) as exc:
             self.broken = True
             raise DeliveryError(
@@ -242,14 +250,18 @@ class SmtpConnection:
         commands = [f"MAIL FROM:<{mail_from}>{''.join(params)}"]
         commands += [f"RCPT TO:<{r}>" for r in rcpts]
         if "PIPELINING" in self.extensions:
+            # RFC 2920: DATA may end the group; one round trip for the whole envelope.
+            commands.append("DATA")
             await self.write(("\r\n".join(commands) + "\r\n").encode("utf-8"))
             replies = [await self.read_reply() for _ in commands]
+            data_reply = replies.pop()
         else:
             replies = []
             for c in commands:
                 replies.append(await self.command(c))
                 if replies[0].code != 250:
                     break
+            data_reply = None
         mail = replies[0]
         if mail.code != 250:
             await self._reset()
@@ -267,11 +279,15 @@ class SmtpConnection:
             if rep.code not in (250, 251)
         }
         if not accepted:
+            if data_reply is not None and data_reply.code == 354:
+                await self.write(b".\r\n")  # empty, and refused for lack of RCPT
+                await self.read_reply()
             await self._reset()
             worst = min(refused.values(), key=lambda x: x[0])  # a 4xx wins: retry
             return DeliveryResult(False, refused=refused, code=worst[0], message=worst[1])
-        self.data_started = True
-        reply = await self.command("DATA")
+        if data_reply is None:
+            data_reply = await self.command("DATA")
+        reply = data_reply
         if reply.code != 354:
             await self._reset()
             return DeliveryResult(
@@ -281,9 +297,14 @@ class SmtpConnection:
                 status=reply.status,
                 message=reply.text,
             )
-        for chunk in message.wire_chunks():
-            await self.write(chunk)
-        reply = await self._end_data()
+        self.data_started = True
+        if message.total_size <= CHUNK:
+            await self.write(b"".join(message.wire_chunks()) + b".\r\n")
+        else:
+            for chunk in message.wire_chunks():
+                await self.write(chunk)
+            await self.write(b".\r\n")
+        reply = await self.read_reply()
         if reply.code != 250:
             return DeliveryResult(
                 False,
@@ -294,10 +315,6 @@ class SmtpConnection:
             )
         self.last_used = time.monotonic()
         return DeliveryResult(True, tuple(accepted), refused, reply.code, reply.text, reply.status)
-
-    async def _end_data(self) -> Reply:
-        await self.write(b".\r\n")
-        return await self.read_reply()
 
     async def _reset(self) -> None:
         try:

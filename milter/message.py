@@ -84,7 +84,13 @@ class Message:
         return self.size + len(self.prefix)
 
     def wire_chunks(self) -> Iterator[bytes | memoryview]:
-        """The dot-stuffed bytes to send after DATA, prefix first, in bounded chunks."""
+        """The dot-stuffed bytes to send after DATA, prefix first, in bounded chunks.
+
+        A message that fits in one chunk is one write (one system call, one packet).
+        """
+        if self._wire is not None and len(self._wire) + len(self.prefix) <= CHUNK:
+            yield self.prefix + self._wire
+            return
         if self.prefix:
             yield self.prefix
         if self._wire is not None:
