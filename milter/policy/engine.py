@@ -290,6 +290,8 @@ class Policy:
                 and (kind != "route" or r.route == winner.route)
             )
         ]
+        if kind == "reject":
+            decisive = [r for r in decisive if r.terminal is not None]
         clauses: list[str] = []
         for r in decisive:
             if r.clause and r.clause not in clauses:
