@@ -459,7 +459,9 @@ def test_templates_and_strip_selector() -> None:
     when: {classification: {at_least: TERBATAS}}
     then:
       - subject_prefix: "[{classification}] "
-      - disclaimer: {text: "Rahasia ({clause}) dari {sender}. {{tanpa ubah}}", html: "<p>{rule}</p>"}
+      - disclaimer:
+          text: "Rahasia ({clause}) dari {sender}. {{tanpa ubah}}"
+          html: "<p>{rule}</p>"
       - remove_header: X-Internal
       - strip_attachments: {extension: [exe, scr], reason: "dibuang oleh {rule}"}
       - bcc: [arsip@jakarta.go.id]
