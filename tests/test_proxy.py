@@ -346,3 +346,31 @@ def test_usage_error_is_exit_2() -> None:
     r = subprocess.run([sys.executable, "-m", "milter", "no-such-command"],
                        capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert r.returncode == 2
+
+
+def test_data_line_length_limit(sink: Sink, gateway_factory) -> None:
+    gw = gateway_factory(upstream=f"smtp://127.0.0.1:{sink.port}", max_line_length=1000)
+    with smtplib.SMTP("127.0.0.1", gw.port, timeout=10) as s:
+        s.ehlo("dinas.jakarta.go.id")
+        s.mail("budi@dinas.jakarta.go.id")
+        s.rcpt("sari@example.org")
+        code, text = s.data(MESSAGE + b"y" * 1200 + b"\r\n")
+        assert code == 500 and b"5.5.2" in text
+        s.mail("budi@dinas.jakarta.go.id")
+        s.rcpt("sari@example.org")
+        assert s.data(MESSAGE + b"y" * 990 + b"\r\n")[0] == 250
+    assert len(sink.wait_for(1)) == 1
+
+
+def test_connections_per_client_limit(sink: Sink, gateway_factory) -> None:
+    gw = gateway_factory(upstream=f"smtp://127.0.0.1:{sink.port}", max_connections_per_client=2)
+    first = [smtplib.SMTP("127.0.0.1", gw.port, timeout=10) for _ in range(2)]
+    try:
+        with socket.create_connection(("127.0.0.1", gw.port), 10) as sock:
+            greeting = sock.makefile("rb").readline()
+        assert greeting.startswith(b"421 4.7.0"), greeting
+    finally:
+        for s in first:
+            s.quit()
+    with smtplib.SMTP("127.0.0.1", gw.port, timeout=10) as s:
+        assert s.noop()[0] == 250

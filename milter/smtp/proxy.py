@@ -25,6 +25,7 @@ from milter.envelope import Envelope, new_id
 from milter.message import SMUGGLING, Message, SpoolWriter
 from milter.pipeline import Pipeline
 from milter.replies import (
+    LINE_TOO_LONG,
     NOT_PERMITTED,
     SHUTTING_DOWN,
     TEMP_FAILURE,
@@ -33,9 +34,7 @@ from milter.replies import (
     TOO_MANY_RECIPIENTS,
     Reply,
 )
-from milter.replies import (
-    SMUGGLING as SMUGGLING_REPLY,
-)
+from milter.replies import SMUGGLING as SMUGGLING_REPLY
 
 _TERMINATOR = b"\r\n.\r\n"
 _HAS_STATUS = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
@@ -60,6 +59,16 @@ _DEFAULT_STATUS = {
     "252": "2.0.0",
 }
 _READ_LIMIT = 1 << 20
+
+
+def _line_lengths(chunk: bytes, run: int) -> tuple[int, int]:
+    """(length of the unfinished last line, longest line seen) for one DATA chunk."""
+    first = chunk.find(b"\n")
+    if first < 0:
+        return run + len(chunk), run + len(chunk)
+    lines = chunk.split(b"\n")
+    longest = max(run + first, *map(len, lines[1:]))
+    return len(lines[-1]), longest
 
 
 class Gateway:
@@ -287,6 +296,8 @@ class GatewaySMTP(SMTP):
         old_limit = reader._limit
         reader._limit = _READ_LIMIT
         limit = cfg.max_message_size + 3
+        max_line = cfg.max_line_length
+        run = 0  # length of the line still open at the end of the last chunk
         last = b"\r\n"  # the DATA line's CRLF: the terminator may follow at once
         refused: Reply | None = None
         try:
@@ -304,6 +315,11 @@ class GatewaySMTP(SMTP):
                 ):
                     refused = SMUGGLING_REPLY
                     spool.discard()
+                if refused is None:
+                    run, longest = _line_lengths(chunk, run)
+                    if longest > max_line:
+                        refused = LINE_TOO_LONG
+                        spool.discard()
                 last = (last + chunk[-5:])[-5:]
                 self._reset_timeout(cfg.data_timeout)
                 if refused is None:
