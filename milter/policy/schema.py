@@ -82,8 +82,8 @@ one per rule: ``deliver``, ``quarantine``, ``reject`` or ``{reject: TEXT}``,
 ``{route: NAME}`` (a route of the gateway configuration, or ``upstream``). Per
 recipient the most restrictive wins: reject > quarantine > route > deliver; a rule
 whose terminal action is overruled contributes nothing else, and a rejection carries
-no rewrites. Other actions accumulate in rule order: ``{subject_prefix: TEXT}``, ``{add_header: {name: NAME,
-value: TEXT}}``, ``{remove_header: NAME}``, ``{disclaimer: TEXT}`` or ``{disclaimer:
+no rewrites. Other actions accumulate in rule order: ``{subject_prefix: TEXT}``,
+``{add_header: {name: NAME, value: TEXT}}``, ``{remove_header: NAME}``, ``{disclaimer: TEXT}`` or ``{disclaimer:
 {text: TEXT, html: HTML}}``, ``{strip_attachments: {SELECTOR..., reason: TEXT}}``
 (selector keys as in ``attachment``), ``{bcc: ADDRESS or [ADDRESS, ...]}``,
 ``{notify: [sender | officers | ADDRESS, ...]}``. Texts may contain
