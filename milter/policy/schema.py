@@ -77,17 +77,17 @@ blocks that must all hold. Within a condition, a list of values means "any of".
   message, bodies included (an S/MIME-encrypted body counts as encrypted).
 - ``any: [BLOCK, ...]``, ``all: [BLOCK, ...]``, ``not: BLOCK``.
 
-Actions (items of ``then``). Terminal actions decide a recipient's fate, at most
-one per rule: ``deliver``, ``quarantine``, ``reject`` or ``{reject: TEXT}``,
-``{route: NAME}`` (a route of the gateway configuration, or ``upstream``). Per
-recipient the most restrictive wins: reject > quarantine > route > deliver; a rule
-whose terminal action is overruled contributes nothing else, and a rejection carries
-no rewrites. Other actions accumulate in rule order: ``{subject_prefix: TEXT}``,
-``{add_header: {name: NAME, value: TEXT}}``, ``{remove_header: NAME}``, ``{disclaimer: TEXT}`` or ``{disclaimer:
-{text: TEXT, html: HTML}}``, ``{strip_attachments: {SELECTOR..., reason: TEXT}}``
-(selector keys as in ``attachment``), ``{bcc: ADDRESS or [ADDRESS, ...]}``,
-``{notify: [sender | officers | ADDRESS, ...]}``. Texts may contain
-``{classification}``, ``{rule}``, ``{clause}`` and ``{sender}``; write ``{{`` for a brace.
+Actions (items of ``then``). Terminal actions decide a recipient's fate, at most one per
+rule: ``deliver``, ``quarantine``, ``reject`` or ``{reject: TEXT}``, ``{route: NAME}``
+(a route of the gateway configuration, or ``upstream``). Per recipient the most
+restrictive wins: reject > quarantine > route > deliver; a rule whose terminal action is
+overruled contributes nothing else, and a rejection carries no rewrites. Other actions
+accumulate in rule order: ``{subject_prefix: TEXT}``, ``{add_header: {name: NAME, value:
+TEXT}}``, ``{remove_header: NAME}``, ``{disclaimer: TEXT}`` or ``{disclaimer: {text:
+TEXT, html: HTML}}``, ``{strip_attachments: {SELECTOR..., reason: TEXT}}`` (selector
+keys as in ``attachment``), ``{bcc: ADDRESS or [ADDRESS, ...]}``, ``{notify: [sender |
+officers | ADDRESS, ...]}``. Texts may contain ``{classification}``, ``{rule}``,
+``{clause}`` and ``{sender}``; write ``{{`` for a brace.
 """
 
 from __future__ import annotations
