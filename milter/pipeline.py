@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from milter import log, metrics
 from milter.config import GatewayConfig
 from milter.delivery import Deliverer, DeliveryResult
-from milter.envelope import Envelope
+from milter.envelope import Envelope, new_id
 from milter.inspect.findings import Findings
 from milter.message import Message
 from milter.policy.verdict import RecipientVerdict, Rewrite, Verdict, deliver_all
@@ -78,6 +78,7 @@ class Outcome:
     quarantine_id: str | None = None
     classification: str | None = None
     rules: tuple[str, ...] = ()
+    record: Any = None  # the QuarantineRecord stored, for notices
 
     @property
     def label(self) -> str:
@@ -201,6 +202,7 @@ class Pipeline:
                 groups.setdefault((r.route or "upstream", r.rewrites), []).append(r)
         outcomes: dict[str, RecipientOutcome] = {}
         quarantine_id: str | None = None
+        record: Any = None
 
         for r in rejected:
             text = r.reject_text or "Pesan ditolak oleh kebijakan / Message rejected by policy"
@@ -212,7 +214,8 @@ class Pipeline:
             # Held mail is made durable before anything is delivered: if the store
             # fails, nothing has left yet and a 451 costs the sender only a retry.
             try:
-                quarantine_id = await self._quarantine(env, message, findings, verdict, held)
+                record = await self._quarantine(env, message, findings, verdict, held)
+                quarantine_id = record.id
             except Exception as exc:
                 log.event(
                     "quarantine-failed",
@@ -253,6 +256,7 @@ class Pipeline:
             quarantine_id,
             verdict.classification,
             rules,
+            record,
         )
 
     async def _deliver(
@@ -362,13 +366,13 @@ class Pipeline:
         findings: Findings | None,
         verdict: Verdict,
         held: list[RecipientVerdict],
-    ) -> str:
+    ) -> Any:
         if self.store is None:
             raise RuntimeError("quarantine verdict but no quarantine store is configured")
         from milter.quarantine.store import QuarantineRecord
 
         record = QuarantineRecord(
-            id="",
+            id=new_id(),
             received_at=env.received_at,
             client=env.client_addr,
             sender=env.mail_from,
@@ -383,7 +387,8 @@ class Pipeline:
             queue_id=env.queue_id,
         )
         store = self.store
-        return await asyncio.to_thread(store.put, message.content(), record)
+        await asyncio.to_thread(store.put, message.content(), record)
+        return record
 
     async def _notify(
         self,

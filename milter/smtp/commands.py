@@ -90,6 +90,7 @@ def make_pipeline(config: GatewayConfig, components: dict[str, Any]) -> Any:
     from milter.pipeline import Pipeline
 
     policy = components.get("policy")
+    deliverer = Deliverer(config)
     kwargs: dict[str, Any] = {}
     if policy is not None:
         from milter.actions.rewrite import apply
@@ -101,12 +102,12 @@ def make_pipeline(config: GatewayConfig, components: dict[str, Any]) -> Any:
         kwargs["rewrite"] = apply
         from milter.notify import GatewayNotifier
 
-        kwargs["notifier"] = GatewayNotifier(config, policy)
+        kwargs["notifier"] = GatewayNotifier(config, policy, deliverer)
     if config.dkim:
         from milter.actions.dkim import signer
 
         kwargs["sign"] = signer(config.dkim)
-    return Pipeline(config, Deliverer(config), **kwargs)
+    return Pipeline(config, deliverer, **kwargs)
 
 
 def reload_policy(config: GatewayConfig, pipeline: Any) -> None:
