@@ -324,7 +324,7 @@ def open_store(config: QuarantineConfig, step_hook: StepHook | None = None) -> Q
     url = config.database
     if url.startswith("sqlite:///"):
         # Imported here: the back-ends import this module, and psycopg loads only when used.
-        from milter.quarantine.sqlite import SqliteStore  # noqa: PLC0415
+        from milter.quarantine.sqlite import SqliteStore
 
         # The loader makes paths absolute (``sqlite:////abs``); the built-in default
         # ``sqlite:///var/lib/...`` means the same absolute path.
@@ -332,7 +332,7 @@ def open_store(config: QuarantineConfig, step_hook: StepHook | None = None) -> Q
         path = rest if rest.startswith("/") else "/" + rest
         return SqliteStore(path, config.spool, step_hook=step_hook)
     if url.startswith(("postgresql://", "postgres://")):
-        from milter.quarantine.postgres import PostgresStore  # noqa: PLC0415
+        from milter.quarantine.postgres import PostgresStore
 
         return PostgresStore(url, step_hook=step_hook)
     raise StoreUnavailable(f"unsupported quarantine database URL: {url}")

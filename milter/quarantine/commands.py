@@ -1,0 +1,384 @@
+"""``milter quarantine ...``: the compliance officers' command line.
+
+Every action that changes a message's fate is audited with who (``--actor`` or the
+OS user), what and why, and states are changed atomically before anything leaves:
+a release first claims the message (held -> released), then re-injects it; when the
+next hop takes none of it, the message goes back to held with the reason audited,
+so a second release stays possible and a message is never sent twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import email
+import email.policy
+import getpass
+import json
+import sys
+import time
+from collections.abc import Sequence
+from email.message import Message
+from typing import Any
+
+from milter.cli import CommandError, load_config
+from milter.config import GatewayConfig, parse_duration
+from milter.envelope import domain_of
+from milter.quarantine.store import (
+    DELETED,
+    HELD,
+    RELEASED,
+    STATUSES,
+    QuarantineError,
+    QuarantineRecord,
+    QuarantineStore,
+    StateConflict,
+    open_store,
+)
+
+
+def _open(args: argparse.Namespace) -> tuple[GatewayConfig, QuarantineStore]:
+    config = load_config(args)
+    try:
+        return config, open_store(config.quarantine)
+    except QuarantineError as exc:
+        raise CommandError(f"quarantine: {exc}") from None
+
+
+def _actor(args: argparse.Namespace) -> str:
+    actor = getattr(args, "actor", None)
+    if actor:
+        return str(actor)
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _record(store: QuarantineStore, qid: str) -> QuarantineRecord:
+    rec = store.get(qid)
+    if rec is None:
+        raise CommandError(f"no quarantined message {qid}")
+    return rec
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def parse_since(value: str, now: float | None = None) -> float:
+    """``2026-11-01``, ``2026-11-01T08:00`` (UTC unless an offset is given) or ``7d`` ago."""
+    text = value.strip()
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        pass
+    else:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        return moment.timestamp()
+    try:
+        return (time.time() if now is None else now) - parse_duration(text)
+    except ValueError:
+        raise CommandError(
+            f"--since: expected a date (2026-11-01) or an age (7d): {value}"
+        ) from None
+
+
+# -- list, show, export ------------------------------------------------------------------
+
+
+def _list(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    with store:
+        since = parse_since(args.since) if args.since else None
+        try:
+            records = store.list(
+                status=args.status, since=since, sender=args.sender, rule=args.rule
+            )
+        except QuarantineError as exc:
+            raise CommandError(str(exc)) from None
+    if args.json:
+        json.dump([r.to_dict() for r in records], sys.stdout, ensure_ascii=False, indent=1)
+        print()
+        return 0
+    if not records:
+        print("no messages", file=sys.stderr)
+        return 0
+    print(f"{'ID':<13} {'RECEIVED':<20} {'STATUS':<9} {'SENDER':<30} {'RULES':<20} SUBJECT")
+    for r in records:
+        sender = r.sender or "<>"
+        rcpts = f"{len(r.recipients)} rcpt"
+        print(
+            f"{r.id:<13} {_when(r.received_at):<20} {r.status:<9} {sender[:30]:<30} "
+            f"{','.join(r.rules)[:20]:<20} {r.subject[:60]} ({rcpts})"
+        )
+    return 0
+
+
+def _parts(msg: Message) -> list[str]:
+    lines = []
+    for part in msg.walk():
+        ctype = part.get_content_type()
+        if part.is_multipart():
+            lines.append(f"  {ctype}")
+            continue
+        payload = part.get_payload(decode=True)
+        size = len(payload) if isinstance(payload, bytes) else 0
+        name = part.get_filename()
+        disposition = part.get_content_disposition() or "inline"
+        lines.append(
+            f"  - {ctype} {disposition}" + (f' "{name}"' if name else "") + f" {size} bytes"
+        )
+    return lines
+
+
+def _show(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    with store:
+        rec = _record(store, args.id)
+        try:
+            data: bytes | None = store.read(args.id)
+        except QuarantineError:
+            data = None
+    if args.json:
+        out = rec.to_dict()
+        out["stored"] = data is not None
+        json.dump(out, sys.stdout, ensure_ascii=False, indent=1)
+        print()
+        return 0
+    print(
+        f"Quarantine id:  {rec.id}   status: {rec.status}"
+        + (f" (since {_when(rec.updated_at)})" if rec.updated_at else "")
+    )
+    print("Envelope:")
+    print(
+        f"  received      {_when(rec.received_at)} from client {rec.client}"
+        + (f", queue id {rec.queue_id}" if rec.queue_id else "")
+    )
+    print(f"  sender        {rec.sender or '<>'}")
+    print(f"  held for      {', '.join(rec.recipients)}")
+    print(f"  route         {rec.route}")
+    print(f"  size          {rec.size} bytes")
+    print("Why:")
+    print(f"  classification {rec.classification or '-'}; labels {', '.join(rec.labels) or '-'}")
+    print(f"  rules          {', '.join(rec.rules) or '-'}")
+    print(f"  SE 79/SE/2019  {', '.join(rec.clauses) or '-'}")
+    print("Findings:")
+    for line in json.dumps(dict(rec.findings), ensure_ascii=False, indent=2).splitlines():
+        print(f"  {line}")
+    if data is None:
+        print("Message: no longer kept")
+        return 0
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    print("Headers:")
+    for key, value in msg.items():
+        try:
+            text = str(value)
+        except (ValueError, TypeError, IndexError, AttributeError):
+            text = repr(value)
+        print(f"  {key}: {text}")
+    print("Parts:")
+    for line in _parts(msg):
+        print(line)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    with store:
+        _record(store, args.id)
+        try:
+            data = store.read(args.id)
+            store.append_audit(_actor(args), "export", args.id, args.reason or "")
+        except QuarantineError as exc:
+            raise CommandError(str(exc)) from None
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+# -- release, delete, expire -------------------------------------------------------------
+
+
+def _release(args: argparse.Namespace) -> int:
+    config, store = _open(args)
+    actor = _actor(args)
+    with store:
+        rec = _record(store, args.id)
+        if rec.status != HELD:
+            raise CommandError(f"{rec.id} is {rec.status}; only a held message can be released")
+        rcpts: Sequence[str] = args.to or rec.recipients
+        for address in rcpts:
+            if address.count("@") != 1 or any(c in address for c in " <>\r\n"):
+                raise CommandError(f"not a mail address: {address!r}")
+        try:
+            config.route(rec.route)
+        except KeyError:
+            raise CommandError(f"route {rec.route!r} of {rec.id} is not configured") from None
+        try:
+            data = store.read(rec.id)
+        except QuarantineError as exc:
+            raise CommandError(str(exc)) from None
+        if config.dkim:
+            from milter.actions.dkim import DkimError, sign
+
+            try:
+                data = sign(data, config.dkim, domain_of(rec.sender))
+            except DkimError as exc:
+                raise CommandError(f"dkim: {exc}") from None
+        reason = args.reason + (f" (to {', '.join(rcpts)})" if args.to else "")
+        try:
+            store.transition(rec.id, RELEASED, actor, reason, expected=HELD)
+        except StateConflict as exc:
+            raise CommandError(f"{rec.id} is {exc.status}; it cannot be released again") from None
+        except QuarantineError as exc:
+            raise CommandError(str(exc)) from None
+        why = _deliver(config, rec, rcpts, data)
+        if why is None:
+            print(f"{rec.id} released to {', '.join(rcpts)} via {rec.route}")
+            return 0
+        delivered, text = why
+        if delivered:
+            store.append_audit(actor, "release-refused", rec.id, text)
+            raise CommandError(f"{rec.id} released to {', '.join(delivered)}, but {text}")
+        try:
+            store.transition(
+                rec.id,
+                HELD,
+                actor,
+                f"re-injection failed: {text}",
+                expected=RELEASED,
+                action="release-failed",
+            )
+        except QuarantineError as exc:
+            raise CommandError(f"{rec.id}: re-injection failed ({text}) and {exc}") from None
+        raise CommandError(f"{rec.id} not released, still held: {text}")
+
+
+def _deliver(
+    config: GatewayConfig, rec: QuarantineRecord, rcpts: Sequence[str], data: bytes
+) -> tuple[tuple[str, ...], str] | None:
+    """None when every recipient took it; else (who did take it, why the rest did not)."""
+    try:
+        from milter.delivery import send_message
+
+        result = send_message(config, rec.route, rec.sender, list(rcpts), data)
+    except Exception as exc:  # any failure to hand over means: not released
+        return (), f"{type(exc).__name__}: {exc}"
+    refused = dict(result.refused)
+    if result.ok and not refused:
+        return None
+    if refused:
+        detail = "; ".join(f"{a}: {c} {m}" for a, (c, m) in sorted(refused.items()))
+        text = f"refused by the next hop: {detail}"
+    else:
+        text = f"the next hop answered {result.code} {result.message}".strip()
+    return tuple(result.accepted) if result.ok else (), text
+
+
+def _delete(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    with store:
+        rec = _record(store, args.id)
+        if rec.status not in (HELD, RELEASED):
+            raise CommandError(f"{rec.id} is {rec.status}; nothing left to delete")
+        try:
+            store.transition(rec.id, DELETED, _actor(args), args.reason, expected=rec.status)
+        except StateConflict as exc:
+            raise CommandError(f"{rec.id} changed meanwhile: it is now {exc.status}") from None
+        except QuarantineError as exc:
+            raise CommandError(str(exc)) from None
+    print(f"{rec.id} deleted")
+    return 0
+
+
+def _expire(args: argparse.Namespace) -> int:
+    config, store = _open(args)
+    with store:
+        try:
+            ids = store.expire(time.time(), config.quarantine.retention)
+        except QuarantineError as exc:
+            raise CommandError(str(exc)) from None
+    days = config.quarantine.retention / 86400
+    print(f"expired {len(ids)} message(s) held longer than {days:g} days")
+    for qid in ids:
+        print(qid)
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    with store:
+        try:
+            entries = store.audit_entries()
+            problems = store.verify_audit() if args.verify else []
+        except QuarantineError as exc:
+            raise CommandError(str(exc)) from None
+    if args.json:
+        json.dump([e.to_dict() for e in entries], sys.stdout, ensure_ascii=False, indent=1)
+        print()
+    elif not args.verify:
+        for e in entries:
+            print(f"{e.seq:>6} {_when(e.at)} {e.actor:<12} {e.action:<15} {e.qid:<13} {e.reason}")
+    if args.verify:
+        for p in problems:
+            print(f"TAMPERED: {p}", file=sys.stderr)
+        if problems:
+            return 1
+        print(f"audit log intact: {len(entries)} entries", file=sys.stderr)
+    return 0
+
+
+def register(sub: Any) -> None:
+    q = sub.add_parser("quarantine", help="held messages: list, show, release, delete, audit")
+    qs = q.add_subparsers(dest="quarantine_command", metavar="COMMAND")
+    qs.required = True
+
+    p = qs.add_parser("list", help="held (or other) messages")
+    p.add_argument("--status", choices=STATUSES)
+    p.add_argument("--since", help="a date (2026-11-01) or an age (7d)")
+    p.add_argument("--sender", help="an address, or @domain")
+    p.add_argument("--rule", help="only messages held by this rule")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_list)
+
+    p = qs.add_parser("show", help="envelope, headers, parts and the findings behind a hold")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_show)
+
+    p = qs.add_parser("export", help="the original message (.eml) to standard output")
+    p.add_argument("id")
+    p.add_argument("--reason", help="why it is exported (audited)")
+    p.add_argument("--actor", help="who (default: the OS user)")
+    p.set_defaults(func=_export)
+
+    p = qs.add_parser("release", help="deliver a held message through its route, once")
+    p.add_argument("id")
+    p.add_argument("--reason", required=True)
+    p.add_argument(
+        "--to",
+        action="append",
+        metavar="ADDRESS",
+        help="deliver to these instead of the recipients held (repeatable)",
+    )
+    p.add_argument("--actor", help="who (default: the OS user)")
+    p.set_defaults(func=_release)
+
+    p = qs.add_parser("delete", help="discard a message (the record and audit stay)")
+    p.add_argument("id")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--actor", help="who (default: the OS user)")
+    p.set_defaults(func=_delete)
+
+    p = qs.add_parser("expire", help="expire messages held beyond the retention")
+    p.set_defaults(func=_expire)
+
+    p = qs.add_parser("audit", help="the audit log; --verify checks its hash chain")
+    p.add_argument("--verify", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_audit)
