@@ -1,0 +1,174 @@
+"""The consequences of a verdict, end to end: quarantine and release, notices, DSN, DKIM."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import dkim
+import pytest
+
+from tests.conftest import ROOT, Sink
+from tests.test_gateway_policy import POLICY, message, transaction
+
+OFFICER = "kepatuhan@jakarta.go.id"
+
+
+def milter(gw: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "milter", "-c", str(gw.config_path), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+def notices(sink: Sink, count: int, timeout: float = 5.0) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [m for m in sink.messages if m.mail_from in ("", "<>")]
+        if len(found) >= count:
+            break
+        time.sleep(0.05)
+    time.sleep(0.2)   # and nothing more arrives
+    return [m for m in sink.messages if m.mail_from in ("", "<>")]
+
+
+@pytest.fixture
+def gateway(sink: Sink, gateway_factory: Any, tmp_path: Path) -> Any:
+    local = tmp_path / "local.yaml"
+    local.write_text(
+        "version: 1\nrules:\n  - name: tujuan-diblokir\n    clause: '3.a'\n"
+        "    when: {recipient: {domain: [blocked.example]}}\n"
+        "    then: [{reject: 'Tujuan diblokir / Destination blocked'}]\n")
+    return gateway_factory(
+        upstream=f"smtp://127.0.0.1:{sink.port}",
+        routes={"sanapati": f"smtp://127.0.0.1:{sink.port}"},
+        policy=[POLICY, str(local)],
+        notices={"from": "postmaster@jakarta.go.id", "officers": [OFFICER]})
+
+
+def test_hold_release_once_with_audit_trail(gateway: Any, sink: Sink) -> None:
+    data = message("[RAHASIA] Nota dinas anggaran")
+    code, _ = transaction(gateway.port, "budi@dinas.jakarta.go.id", ["sari@gmail.com"], data)
+    assert code == 250
+    [held] = json.loads(milter(gateway, "quarantine", "list", "--json").stdout)
+    qid = held["id"]
+    notices(sink, 2)
+    before = [m for m in sink.messages if m.mail_from not in ("", "<>")]
+    assert before == []
+
+    r = milter(gateway, "quarantine", "release", qid, "--reason", "izin kepala dinas",
+               "--actor", "officer1")
+    assert r.returncode == 0, r.stderr
+    released = [m for m in sink.wait_for(3) if m.mail_from not in ("", "<>")]
+    assert [m.rcpt_tos for m in released] == [["sari@gmail.com"]]
+    assert released[0].data.endswith(data)
+
+    again = milter(gateway, "quarantine", "release", qid, "--reason", "lagi")
+    assert again.returncode == 1
+    assert len([m for m in sink.messages if m.mail_from not in ("", "<>")]) == 1
+
+    verify = milter(gateway, "quarantine", "audit", "--verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    audit = milter(gateway, "quarantine", "audit")
+    assert "officer1" in audit.stdout and "izin kepala dinas" in audit.stdout
+
+
+def test_quarantine_notices_in_both_languages(gateway: Any, sink: Sink) -> None:
+    data = message("[RAHASIA] Nota dinas")
+    code, text = transaction(gateway.port, "budi@dinas.jakarta.go.id", ["sari@gmail.com"], data)
+    assert code == 250
+    got = notices(sink, 2)
+    by_rcpt = {m.rcpt_tos[0]: email.message_from_bytes(m.data, policy=email.policy.default)
+               for m in got}
+    assert set(by_rcpt) == {"budi@dinas.jakarta.go.id", OFFICER}
+    qid = json.loads(milter(gateway, "quarantine", "list", "--json").stdout)[0]["id"]
+    assert qid.encode() in text
+    for msg in by_rcpt.values():
+        assert msg["Auto-Submitted"] == "auto-generated"
+        body = msg.get_body(("plain",)).get_content()
+        assert qid in body
+        assert "rahasia-terbatas-keluar" in body
+    notice_body = by_rcpt["budi@dinas.jakarta.go.id"].get_body(("plain",)).get_content()
+    assert "sanapati" in notice_body.lower()   # what to do instead
+    # Bahasa Indonesia first, English second.
+    assert 0 <= notice_body.find("ditahan") < notice_body.lower().find("held")
+
+
+def test_no_notice_to_an_external_sender(gateway: Any, sink: Sink) -> None:
+    data = message("[RAHASIA] Nota dinas", sender="palsu@example.com")
+    code, _ = transaction(gateway.port, "palsu@example.com", ["sari@gmail.com"], data)
+    assert code == 250
+    got = notices(sink, 1)
+    assert [m.rcpt_tos for m in got] == [[OFFICER]]
+
+
+def test_partial_rejection_gives_the_sender_a_dsn(gateway: Any, sink: Sink) -> None:
+    data = message("Undangan")
+    code, text = transaction(gateway.port, "budi@dinas.jakarta.go.id",
+                             ["sari@example.org", "x@blocked.example"], data)
+    assert code == 250 and b"1 recipient(s) refused" in text
+    delivered = [m for m in sink.wait_for(1) if m.mail_from not in ("", "<>")]
+    assert [m.rcpt_tos for m in delivered] == [["sari@example.org"]]
+    [report] = notices(sink, 1)
+    assert report.rcpt_tos == ["budi@dinas.jakarta.go.id"]
+    msg = email.message_from_bytes(report.data, policy=email.policy.default)
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "delivery-status"
+    types = [p.get_content_type() for p in msg.iter_parts()]
+    assert types[1:] == ["message/delivery-status", "text/rfc822-headers"]
+    status = msg.get_payload()[1].as_string()
+    assert "Final-Recipient: rfc822; x@blocked.example" in status
+    assert "Status: 5.7.1" in status and "Action: failed" in status
+    assert "Subject: Undangan" in msg.get_payload()[2].as_string()
+
+
+def test_all_rejected_is_550_and_no_dsn(gateway: Any, sink: Sink) -> None:
+    code, text = transaction(gateway.port, "budi@dinas.jakarta.go.id", ["x@blocked.example"],
+                             message("Undangan"))
+    assert code == 550 and b"5.7.1" in text and b"tujuan-diblokir" in text
+    assert notices(sink, 0, timeout=0.3) == []
+
+
+def test_audit_rule_delivers_and_alerts_officers(gateway: Any, sink: Sink) -> None:
+    data = message("Info penting", body="Sebarkan berita hoaks ini ke semua grup.")
+    code, _ = transaction(gateway.port, "budi@dinas.jakarta.go.id", ["sari@example.org"], data)
+    assert code == 250
+    delivered = [m for m in sink.wait_for(1) if m.mail_from not in ("", "<>")]
+    assert [m.rcpt_tos for m in delivered] == [["sari@example.org"]]
+    [alert] = notices(sink, 1)
+    assert alert.rcpt_tos == [OFFICER]
+    assert b"konten-terlarang" in alert.data
+
+
+def test_dkim_signature_verifies_after_the_rewrite(sink: Sink, gateway_factory: Any,
+                                                   tmp_path: Path) -> None:
+    keys = tmp_path / "dkim"
+    r = subprocess.run([sys.executable, "-m", "milter", "dkim", "keygen", "--domain",
+                        "jakarta.go.id", "--selector", "gw1", "--dir", str(keys)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    key_file = next(keys.glob("*.pem"))
+    txt = "".join(re.findall(r'"([^"]*)"', r.stdout))   # the zone record's strings
+    assert txt.startswith("v=DKIM1;")
+    gw = gateway_factory(upstream=f"smtp://127.0.0.1:{sink.port}",
+                         routes={"sanapati": f"smtp://127.0.0.1:{sink.port}"},
+                         policy=POLICY,
+                         dkim=[{"domain": "jakarta.go.id", "selector": "gw1",
+                                "key_file": str(key_file)}])
+    data = message("[RAHASIA] Untuk BSSN", sender="budi@jakarta.go.id")
+    code, _ = transaction(gw.port, "budi@jakarta.go.id", ["tim@sanapati.net"], data)
+    assert code == 250
+    [got] = [m for m in sink.wait_for(1) if m.mail_from not in ("", "<>")]
+    assert b"X-Klasifikasi: RAHASIA" in got.data
+    assert got.data.startswith(b"DKIM-Signature:")
+
+    def dns(name: bytes, timeout: int = 5) -> bytes:
+        return txt.encode() if name == b"gw1._domainkey.jakarta.go.id." else b""
+
+    assert dkim.verify(got.data, dnsfunc=dns)
+    assert not dkim.verify(got.data.replace(b"Untuk BSSN", b"Untuk Siapa"), dnsfunc=dns)
