@@ -17,13 +17,19 @@ from typing import Any
 import psycopg
 import pytest
 
+from milter.config import QuarantineConfig
+from milter.quarantine.postgres import PostgresStore
+from milter.quarantine.sqlite import SqliteStore
 from milter.quarantine.store import (
     RELEASED,
     STEP_COMMITTED,
     STEP_SPOOL_RENAMED,
     STEP_SPOOL_WRITTEN,
     QuarantineRecord,
+    QuarantineStore,
+    StoreUnavailable,
     audit_hash,
+    open_store,
 )
 
 CHILD = r"""
@@ -202,3 +208,47 @@ def test_rehashed_forgery_still_breaks_the_next_link(backend: Any) -> None:
     tamper(backend, f"UPDATE audit SET actor = 'mallory', hash = '{forged}' WHERE seq = 2")
     problems = store.verify_audit()
     assert any("entry 3" in p and "previous" in p for p in problems), problems
+
+
+WRITER = r"""
+import sys, time
+from milter.config import QuarantineConfig
+from milter.quarantine.store import QuarantineRecord, open_store
+
+database, spool, tag = sys.argv[1:4]
+store = open_store(QuarantineConfig(database=database, spool=spool))
+for i in range(15):
+    data = f"Subject: {tag} {i}\r\n\r\nbody\r\n".encode()
+    store.put(data, QuarantineRecord(
+        id="", received_at=time.time(), client="c", sender=f"{tag}@jakarta.go.id",
+        recipients=("r@gmail.com",), subject=f"{tag} {i}", size=len(data)))
+store.close()
+"""
+
+
+def test_processes_share_one_chain(backend: Any) -> None:
+    """Several gateway workers (processes) append to one audit chain without forking it."""
+    cfg = backend.config
+    backend.open().close()  # create the schema before the writers race
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, cfg.database, cfg.spool, f"w{n}"])
+        for n in range(3)
+    ]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0, 0]
+    store = backend.open()
+    assert len(store.list()) == 45
+    assert [e.seq for e in store.audit_entries()] == list(range(1, 46))
+    assert store.verify_audit() == []
+    for rec in store.list(sender="w2@jakarta.go.id"):
+        assert store.read(rec.id).startswith(f"Subject: {rec.subject}\r\n".encode())
+
+
+def test_open_store_by_url(tmp_path: Path) -> None:
+    store = open_store(
+        QuarantineConfig(database=f"sqlite:///{tmp_path}/a.db", spool=str(tmp_path / "s"))
+    )
+    assert isinstance(store, SqliteStore) and store.path == tmp_path / "a.db"
+    store.close()
+    with pytest.raises(StoreUnavailable):
+        open_store(QuarantineConfig(database="mysql://x/y"))
+    assert issubclass(PostgresStore, QuarantineStore)
