@@ -170,8 +170,8 @@ class _Entity:
         self.changed()
 
     def set(self, name: str, value: str) -> None:
-        """Replace the first ``name`` field (or append one); the value is ASCII."""
-        line = f"{name}: {value}".encode("ascii") + self.eol
+        """Replace the first ``name`` field (or append one), unfolded."""
+        line = f"{name}: {value}".encode("utf-8", "surrogateescape") + self.eol
         where = self.find(name)
         if where:
             self.fields[where[0]] = line
@@ -440,15 +440,11 @@ def _body_parts(ent: _Entity) -> list[_Entity]:
 
 
 def _codec(ent: _Entity) -> str | None:
-    """The Python codec of the part's charset; None when unknown or not ASCII-compatible."""
-    charset = ent.info.get_content_charset() or "us-ascii"
+    """The Python codec of the part's charset; None when Python does not know it."""
     try:
-        name = codecs.lookup(charset).name
+        return codecs.lookup(ent.info.get_content_charset() or "us-ascii").name
     except LookupError:
         return None
-    if name.startswith(("utf-16", "utf-32", "utf-7")):
-        return None
-    return name
 
 
 def _append_text(content: bytes, addition: bytes, eol: bytes) -> bytes:
@@ -476,10 +472,12 @@ def _add_disclaimer(ent: _Entity, text: str, html_text: str) -> None:
     line_end = b"\r\n" if b"\r\n" in content else (b"\n" if b"\n" in content else ent.eol)
     addition_text = addition_text.replace("\r\n", "\n").replace("\n", line_end.decode())
     cte = _cte(ent)
+    if codec is not None and codec.startswith(("utf-16", "utf-32", "utf-7")):
+        return  # appended bytes would not be text in these
     if codec is None:
-        if not addition_text.isascii() or ent.info.get_content_charset() is None:
+        if not addition_text.isascii():
             return
-        addition = addition_text.encode("ascii")
+        addition = addition_text.encode("ascii")  # ASCII reads the same in most charsets
     else:
         try:
             addition = addition_text.encode(codec)
@@ -498,8 +496,6 @@ def _add_disclaimer(ent: _Entity, text: str, html_text: str) -> None:
     joined = (_insert_html if is_html else _append_text)(content, addition, line_end)
     if cte == "7bit" and not joined.isascii():
         cte = "quoted-printable"
-    if cte not in ("7bit", "8bit", "binary", "base64", "quoted-printable"):
-        return
     _encode_into(ent, joined, cte)
 
 
@@ -741,7 +737,13 @@ def apply(data: bytes, rewrites: Sequence[Rewrite], *, sniff: Sniffer | None = N
             if not isinstance(html_text, str):
                 raise RewriteError("the disclaimer's html must be text")
             for part in _body_parts(top):
-                _add_disclaimer(part, text, html_text)
+                try:
+                    _add_disclaimer(part, text, html_text)
+                except (ValueError, LookupError, UnicodeError):
+                    # A body whose encoding cannot be undone keeps its bytes: a missing
+                    # disclaimer is better than a mangled message. (Stripping, by
+                    # contrast, never skips a part: failing there fails the message.)
+                    continue
         elif rw.kind == "strip_attachments":
             _strip(top, rw.arg("selector"), rw.arg("reason"), sniffer)
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 from email import errors
@@ -477,3 +478,18 @@ def test_rewrites_round_trip(spec: list[Any], subject: str) -> None:
         p.get_content() for p in after.iter_attachments()
     ]
     assert leaf_bytes(data)[1:] == leaf_bytes(out)[1:]
+
+
+def test_disclaimer_skips_utf16_and_unknown_encodings() -> None:
+    utf16 = (
+        b"Subject: x\r\nContent-Type: text/plain; charset=utf-16\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n"
+        + base64.b64encode("Halo".encode("utf-16"))
+        + b"\r\n"
+    )
+    assert apply(utf16, [rw("disclaimer", text="D")]) == utf16
+    uuencoded = b"Subject: x\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644 a\r\n"
+    assert apply(uuencoded, [rw("disclaimer", text="D")]) == uuencoded
+    unknown = b"Subject: x\r\nContent-Type: text/plain; charset=x-klingon\r\n\r\nHalo\r\n"
+    assert apply(unknown, [rw("disclaimer", text="D")]).endswith(b"Halo\r\n\r\nD\r\n")
+    assert apply(unknown, [rw("disclaimer", text="Dé")]) == unknown
