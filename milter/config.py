@@ -103,7 +103,7 @@ class GatewayConfig:
     )
     max_message_size: int = 50 << 20
     max_recipients: int = 1000
-    max_line_length: int = 64 * 1024     # DATA lines; RFC 5322 says 1000, real mail exceeds it
+    max_line_length: int = 64 * 1024  # DATA lines; RFC 5322 says 1000, real mail exceeds it
     command_timeout: float = 300.0
     data_timeout: float = 600.0
     max_connections_per_client: int = 100

@@ -54,8 +54,14 @@ class GatewayNotifier:
         except KeyError:
             return False
 
-    async def after(self, env: Envelope, message: Message, findings: Findings | None,
-                    verdict: Verdict, outcome: Outcome) -> None:
+    async def after(
+        self,
+        env: Envelope,
+        message: Message,
+        findings: Findings | None,
+        verdict: Verdict,
+        outcome: Outcome,
+    ) -> None:
         cfg = self.config.notices
         if not cfg.enabled:
             return
@@ -63,38 +69,86 @@ class GatewayNotifier:
         sender_ok = should_notify_sender(env.mail_from, self.is_internal)
         notices: list[tuple[str, Sequence[str], bytes]] = []
         record = outcome.record
-        extra = sorted({t for n in verdict.notify for t in n.targets
-                        if t not in ("sender", "officers") and "@" in t})
+        extra = sorted(
+            {
+                t
+                for n in verdict.notify
+                for t in n.targets
+                if t not in ("sender", "officers") and "@" in t
+            }
+        )
         if record is not None:
             if sender_ok and self.limiter.allow(env.mail_from.lower()):
-                notices.append(("quarantine-notice", [env.mail_from], quarantine_notice(
-                    cfg, record, verdict=verdict, templates=self.templates)))
+                notices.append(
+                    (
+                        "quarantine-notice",
+                        [env.mail_from],
+                        quarantine_notice(cfg, record, verdict=verdict, templates=self.templates),
+                    )
+                )
             alert = officer_alert(cfg, record, verdict=verdict, templates=self.templates)
             if alert is not None:
                 notices.append(("officer-alert", cfg.officers, alert))
             if extra:
-                notices.append(("officer-alert", extra, officer_alert(
-                    replace(cfg, officers=tuple(extra)), record, verdict=verdict,
-                    templates=self.templates) or b""))
+                notices.append(
+                    (
+                        "officer-alert",
+                        extra,
+                        officer_alert(
+                            replace(cfg, officers=tuple(extra)),
+                            record,
+                            verdict=verdict,
+                            templates=self.templates,
+                        )
+                        or b"",
+                    )
+                )
         if verdict.audit:
-            alert = audit_alert(cfg, verdict, queue_id=env.queue_id, sender=env.mail_from,
-                                subject=subject, templates=self.templates)
+            alert = audit_alert(
+                cfg,
+                verdict,
+                queue_id=env.queue_id,
+                sender=env.mail_from,
+                subject=subject,
+                templates=self.templates,
+            )
             if alert is not None:
                 notices.append(("audit-alert", cfg.officers, alert))
         refused = [o for o in outcome.recipients if o.action in ("rejected", "refused")]
         if refused and outcome.reply.code < 300 and sender_ok:
             delivered = [o.address for o in outcome.recipients if o.action == "delivered"]
-            notices.append(("dsn", [env.mail_from], dsn(
-                cfg, original=message.content(), sender=env.mail_from,
-                failed=[FailedRecipient(o.address, o.reply.status or "5.0.0", o.reply.line())
-                        for o in refused],
-                reporting_mta=self.config.hostname, queue_id=env.queue_id,
-                arrival=env.received_at, delivered=delivered, templates=self.templates)))
+            notices.append(
+                (
+                    "dsn",
+                    [env.mail_from],
+                    dsn(
+                        cfg,
+                        original=message.content(),
+                        sender=env.mail_from,
+                        failed=[
+                            FailedRecipient(o.address, o.reply.status or "5.0.0", o.reply.line())
+                            for o in refused
+                        ],
+                        reporting_mta=self.config.hostname,
+                        queue_id=env.queue_id,
+                        arrival=env.received_at,
+                        delivered=delivered,
+                        templates=self.templates,
+                    ),
+                )
+            )
         for kind, rcpts, data in notices:
             if not data or not rcpts:
                 continue
-            result = await self.deliverer.send("upstream", "", list(rcpts),
-                                               Message.from_content(data))
-            log.event("notice", logging.INFO if result.ok else logging.WARNING,
-                      id=env.queue_id, kind=kind, to=list(rcpts), ok=result.ok,
-                      reply=f"{result.code} {result.message}")
+            result = await self.deliverer.send(
+                "upstream", "", list(rcpts), Message.from_content(data)
+            )
+            log.event(
+                "notice",
+                logging.INFO if result.ok else logging.WARNING,
+                id=env.queue_id,
+                kind=kind,
+                to=list(rcpts),
+                ok=result.ok,
+                reply=f"{result.code} {result.message}",
+            )

@@ -159,27 +159,39 @@ class Pipeline:
                 id=env.queue_id,
                 error=f"{type(exc).__name__}: {exc}",
             )
-            outcome = self._on_error(env)
-            if outcome is None:
-                verdict = deliver_all(env.rcpt_tos)
-            else:
+            fallback = self._on_error(env)
+            if fallback is None:
+                outcome = Outcome(
+                    TEMP_FAILURE,
+                    [RecipientOutcome(a, "deferred", TEMP_FAILURE) for a in env.rcpt_tos],
+                )
                 self._finish(env, message, outcome, started, None)
                 return outcome
+            findings, verdict = None, fallback
         outcome = await self._act(env, message, findings, verdict)
         self._finish(env, message, outcome, started, verdict)
+        if any(o.action in ("rejected", "refused") for o in outcome.recipients):
+            message.content()  # kept in memory for the DSN: the spool file goes with the session
         if self.notifier is not None and outcome.reply.code < 400:
             task = asyncio.create_task(self._notify(env, message, findings, verdict, outcome))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         return outcome
 
-    def _on_error(self, env: Envelope) -> Outcome | None:
-        """``on_error``: tempfail (default) answers 451; deliver lets the mail through."""
+    def _on_error(self, env: Envelope) -> Verdict | None:
+        """``on_error`` when inspection or policy failed: None means tempfail (451, the
+        default: the sender retries), ``deliver`` lets the mail through, ``quarantine``
+        holds it for an officer to look at."""
         if self.config.on_error == "deliver":
-            return None
-        return Outcome(
-            TEMP_FAILURE, [RecipientOutcome(a, "deferred", TEMP_FAILURE) for a in env.rcpt_tos]
-        )
+            return deliver_all(env.rcpt_tos)
+        if self.config.on_error == "quarantine" and self.store is not None:
+            return Verdict(
+                classification=None,
+                recipients=tuple(
+                    RecipientVerdict(a, "quarantine", rules=("on_error",)) for a in env.rcpt_tos
+                ),
+            )
+        return None
 
     async def _decide(self, env: Envelope, message: Message) -> tuple[Findings | None, Verdict]:
         if self.policy is None or self.inspector is None:
@@ -187,7 +199,10 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
         inspector = self.inspector
-        findings = await loop.run_in_executor(self._pool, inspector, message.content())
+        # The inspector keeps its own time budget; this bound only catches a stuck worker.
+        budget = self.config.inspect.time_budget * 3 + 5
+        async with asyncio.timeout(budget):
+            findings = await loop.run_in_executor(self._pool, inspector, message.content())
         metrics.INSPECTION.observe(time.monotonic() - t0)
         return findings, self.policy.evaluate(env, findings)
 
@@ -346,10 +361,12 @@ class Pipeline:
         if delivered:
             parts.append(f"Diterima / Queued as {env.queue_id}")
         if quarantine_id:
-            n = sum(1 for o in outcomes if o.action == "quarantined")
+            held = [o for o in outcomes if o.action == "quarantined"]
+            rules = ", ".join(dict.fromkeys(x for o in held for x in o.rules)) or "-"
+            n = len(held)
             parts.append(
-                f"{n} penerima ditahan di karantina {quarantine_id} / "
-                f"{n} recipient(s) held in quarantine {quarantine_id}"
+                f"{n} penerima ditahan di karantina {quarantine_id} (aturan {rules}) / "
+                f"{n} recipient(s) held in quarantine {quarantine_id} (rule {rules})"
             )
         failed = len(outcomes) - len(ok)
         if failed:

@@ -82,6 +82,7 @@ def test_rahasia_to_outside_is_held_with_its_id(gateway: Any, sink: Sink) -> Non
     held = quarantine_list(gateway)
     assert len(held) == 1
     assert held[0]["id"].encode() in text
+    assert b"(rule rahasia-terbatas-keluar)" in text
     assert held[0]["recipients"] == ["sari@gmail.com"]
     assert held[0]["classification"] == "RAHASIA"
     assert "rahasia-terbatas-keluar" in held[0]["rules"]
