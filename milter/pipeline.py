@@ -442,6 +442,7 @@ class Pipeline:
             metrics.RECIPIENTS.labels(o.action).inc()
         if outcome.reply.code < 400:
             metrics.MESSAGE_BYTES.inc(message.size)
+        clauses = {r.address: list(r.clauses) for r in verdict.recipients} if verdict else {}
         log.message_line(
             id=env.queue_id,
             client=env.client_addr,
@@ -454,6 +455,7 @@ class Pipeline:
                     "route": o.route,
                     "reply": o.reply.line(),
                     "rules": list(o.rules),
+                    "clauses": clauses.get(o.address, []),
                 }
                 for o in outcome.recipients
             ],

@@ -144,6 +144,7 @@ class GatewayProcess:
             "quarantine": {"database": f"sqlite:///{tmp}/q.sqlite3", "spool": str(tmp / "spool")},
         }
         cfg.update(settings)
+        self.port = int(str(cfg["listen"][0]).rsplit(":", 1)[1])
         self.config_path.write_text(yaml.safe_dump(cfg))
         self.log_path = tmp / "gateway.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -167,3 +167,21 @@ def test_invalid_policy_refuses_to_start(tmp_path: Path, sink: Sink) -> None:
                        capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert r.returncode == 1
     assert f"{bad}:4:" in r.stderr and "nowhere" in r.stderr
+
+
+def test_log_line_names_rule_and_clause(gateway: Any) -> None:
+    code, _ = transaction(gateway.port, "budi@dinas.jakarta.go.id", ["sari@gmail.com"],
+                          message("[RAHASIA] Nota"))
+    assert code == 250
+    deadline = time.monotonic() + 5
+    lines: list[dict[str, Any]] = []
+    while not lines and time.monotonic() < deadline:
+        lines = [json.loads(x) for x in gateway.log().splitlines()
+                 if x.startswith("{") and '"event": "message"' in x]
+        time.sleep(0.05)
+    [line] = lines
+    [rcpt] = line["recipients"]
+    assert rcpt["action"] == "quarantined"
+    assert rcpt["rules"] == ["rahasia-terbatas-keluar"]
+    assert rcpt["clauses"] and all(c for c in rcpt["clauses"])
+    assert line["classification"] == "RAHASIA" and line["quarantine_id"]

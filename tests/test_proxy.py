@@ -374,3 +374,13 @@ def test_connections_per_client_limit(sink: Sink, gateway_factory) -> None:
             s.quit()
     with smtplib.SMTP("127.0.0.1", gw.port, timeout=10) as s:
         assert s.noop()[0] == 250
+
+
+def test_several_listen_addresses(sink: Sink, gateway_factory) -> None:
+    first, second = free_port(), free_port()
+    gateway_factory(upstream=f"smtp://127.0.0.1:{sink.port}",
+                    listen=[f"127.0.0.1:{first}", f"127.0.0.1:{second}"])
+    wait_port(second)
+    for port in (first, second):
+        send(port, "budi@dinas.jakarta.go.id", ["sari@example.org"], MESSAGE)
+    assert len(sink.wait_for(2)) == 2
