@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 from milter.actions.rewrite import RewriteError, apply, basic_sniff, validate_selector
 from milter.policy.verdict import Rewrite
+from tests.corpus import corpus_root
 
-CORPUS = Path("/work/shared/corpus/real")
+CORPUS = corpus_root() / "real"
 DISCLAIMER = "Surel ini hanya untuk penerima yang dituju.\nThis mail is for its addressees only."
 EXE = b"MZ\x90\x00\x03" + bytes(range(256)) * 4
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from milter.inspect import inspect_message
+from tests.corpus import corpus_root
 
-CORPUS = Path("/work/shared/corpus/real")
+CORPUS = corpus_root() / "real"
 
 
 def test_whole_corpus_inspects() -> None:

@@ -8,9 +8,11 @@ from collections.abc import Sequence
 from email.message import EmailMessage
 from pathlib import Path
 
+from tests.corpus import corpus_root
+
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "policies" / "se-79-2019.yaml"
-CORPUS = ROOT.parent / "shared" / "corpus"
+CORPUS = corpus_root()
 PGP_ENCRYPTED = (
     "real/thunderbird/mail/components/extensions/test/xpcshell/messages/encryptedNestedMessages.eml"
 )

@@ -246,7 +246,10 @@ CASES = [
 
 def _message(case: Case) -> bytes:
     if isinstance(case.message, str):
-        return (CORPUS / case.message).read_bytes()
+        path = CORPUS / case.message
+        if not path.is_file():
+            pytest.skip(f"corpus message {case.message} is absent on this machine")
+        return path.read_bytes()
     return build_message(to=case.to, sender=case.sender, **case.message)
 
 
