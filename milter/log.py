@@ -51,3 +51,8 @@ def message_line(**fields: Any) -> None:
 
 def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
     log.log(level, name, extra={"fields": {"event": name, **fields}})
+
+
+def failure(name: str, exc: BaseException, level: int = logging.ERROR, **fields: Any) -> None:
+    """An operation that failed, with the exception named in one field (no traceback)."""
+    event(name, level, error=f"{type(exc).__name__}: {exc}", **fields)

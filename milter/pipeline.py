@@ -95,6 +95,12 @@ class Outcome:
         return "partial"
 
 
+def _tempfail(env: Envelope, classification: str | None = None) -> Outcome:
+    """451 for every recipient: nothing was delivered, the sender keeps the message."""
+    deferred = [RecipientOutcome(a, "deferred", TEMP_FAILURE) for a in env.rcpt_tos]
+    return Outcome(TEMP_FAILURE, deferred, classification=classification)
+
+
 def received_header(config: GatewayConfig, env: Envelope) -> bytes:
     """The one header the gateway adds (RFC 5321 section 4.4)."""
     proto = ("UTF8SMTP" if env.smtputf8 else "ESMTP") + ("S" if env.tls else "")
@@ -153,18 +159,10 @@ class Pipeline:
         try:
             findings, verdict = await self._decide(env, message)
         except Exception as exc:
-            log.event(
-                "decision-failed",
-                logging.ERROR,
-                id=env.queue_id,
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            log.failure("decision-failed", exc, id=env.queue_id)
             fallback = self._on_error(env)
             if fallback is None:
-                outcome = Outcome(
-                    TEMP_FAILURE,
-                    [RecipientOutcome(a, "deferred", TEMP_FAILURE) for a in env.rcpt_tos],
-                )
+                outcome = _tempfail(env)
                 self._finish(env, message, outcome, started, None)
                 return outcome
             findings, verdict = None, fallback
@@ -232,17 +230,8 @@ class Pipeline:
                 record = await self._quarantine(env, message, findings, verdict, held)
                 quarantine_id = record.id
             except Exception as exc:
-                log.event(
-                    "quarantine-failed",
-                    logging.ERROR,
-                    id=env.queue_id,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
-                return Outcome(
-                    TEMP_FAILURE,
-                    [RecipientOutcome(a, "deferred", TEMP_FAILURE) for a in env.rcpt_tos],
-                    classification=verdict.classification,
-                )
+                log.failure("quarantine-failed", exc, id=env.queue_id)
+                return _tempfail(env, verdict.classification)
             for r in held:
                 outcomes[r.address] = RecipientOutcome(
                     r.address,
@@ -420,12 +409,7 @@ class Pipeline:
         try:
             await self.notifier.after(env, message, findings, verdict, outcome)
         except Exception as exc:
-            log.event(
-                "notice-failed",
-                logging.WARNING,
-                id=env.queue_id,
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            log.failure("notice-failed", exc, logging.WARNING, id=env.queue_id)
 
     def _finish(
         self,
