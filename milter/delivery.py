@@ -398,6 +398,11 @@ class Deliverer:
                 # on a fresh one. Past DATA a retry could deliver twice: report instead.
                 if conn.data_started:
                     raise
+            except BaseException:
+                # Cancelled (the client went away) mid-transaction: the connection is
+                # in an unknown state and belongs to no pool; hang up now.
+                conn.close()
+                raise
             else:
                 self._give(conn)
                 return result

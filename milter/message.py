@@ -172,9 +172,11 @@ class SpoolWriter:
         return Message(path=self._fh.name, size=size)
 
     def discard(self) -> None:
+        """Forget the data; never raises, so it is safe on every error path."""
         self._buf = bytearray()
         if self._fh is not None:
-            self._fh.close()
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
+                self._fh.close()  # flushing a full disk fails; the file goes anyway
+            with contextlib.suppress(OSError):
                 os.unlink(self._fh.name)
             self._fh = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import re
 import ssl
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from milter.envelope import Envelope, new_id
 from milter.message import SMUGGLING, Message, SpoolWriter
 from milter.pipeline import Pipeline
 from milter.replies import (
+    BAD_ADDRESS,
     LINE_TOO_LONG,
     NOT_PERMITTED,
     SHUTTING_DOWN,
@@ -46,19 +48,49 @@ _DEFAULT_STATUS = {
     "502": "5.5.1",
     "503": "5.5.1",
     "504": "5.5.4",
+    "530": "5.7.0",
+    "538": "5.7.11",
     "552": "5.3.4",
     "553": "5.1.3",
     "554": "5.0.0",
+    "555": "5.5.4",
     "421": "4.3.2",
     "450": "4.2.0",
     "451": "4.3.0",
     "452": "4.3.1",
+    "454": "4.7.0",
     "221": "2.0.0",
     "250": "2.0.0",
     "251": "2.1.5",
     "252": "2.0.0",
 }
 _READ_LIMIT = 1 << 20
+NEEDS_SMTPUTF8 = Reply(
+    553,
+    "Alamat non-ASCII memerlukan SMTPUTF8 / Non-ASCII address requires SMTPUTF8",
+    "5.6.7",
+)
+DATA_TIMEOUT = Reply(421, "Batas waktu habis / Timeout waiting for data, closing", "4.4.2")
+
+
+def _address_problem(address: str, smtputf8: bool) -> Reply | None:
+    """Why an envelope address cannot be relayed as given, or None.
+
+    aiosmtpd hands over bytes that are not UTF-8 as lone surrogates and lets
+    control characters through; neither can go into the next hop's envelope.
+    """
+    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in address):
+        return BAD_ADDRESS
+    if not smtputf8 and not address.isascii():
+        return NEEDS_SMTPUTF8
+    return None
+
+
+def _spool_failed(exc: OSError) -> Reply:
+    """A message that cannot be kept (disk full, spool unwritable) is the gateway's
+    trouble, not the sender's: 451, and the operator hears about it."""
+    log.event("spool-failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
+    return TEMP_FAILURE
 
 
 def _line_lengths(chunk: bytes, run: int) -> tuple[int, int]:
@@ -165,6 +197,8 @@ class GatewaySMTP(SMTP):
         self.busy = False
         self.client_ip = ""
         self._in_ehlo = False
+        self._receiving = False  # reading DATA: data_timeout counts from the last bytes
+        self._last_read = 0.0
 
     # -- connection bookkeeping -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -190,6 +224,22 @@ class GatewaySMTP(SMTP):
             metrics.SESSIONS.dec()
             gw.changed()
         super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_read = self.loop.time()
+        super().data_received(data)
+
+    def _timeout_cb(self) -> None:
+        if self._receiving and self.transport is not None:
+            timeout = self.gateway.config.data_timeout
+            idle = self.loop.time() - self._last_read
+            if idle < timeout:
+                # Bytes arrived since the timer was set: a slow client, not a stalled one.
+                self._timeout_handle = self.loop.call_later(timeout - idle, self._timeout_cb)
+                return
+            with contextlib.suppress(Exception):
+                self._writer.write(DATA_TIMEOUT.line().encode() + b"\r\n")
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     async def _handle_client(self) -> None:
         gw = self.gateway
@@ -222,7 +272,7 @@ class GatewaySMTP(SMTP):
             status = status.decode("utf-8", "replace")
         code = status[:3]
         if (
-            not self._in_ehlo
+            not (self._in_ehlo and code == "250")
             and code not in ("220", "354", "334")
             and not _HAS_STATUS.match(status)
             and code in _DEFAULT_STATUS
@@ -265,11 +315,15 @@ class GatewaySMTP(SMTP):
             try:
                 reply = await self._receive(spool, cfg)
                 if reply is None:
-                    message = spool.finish(3)  # the ".\r\n" of the terminator
                     try:
-                        reply = await self._process(message)
-                    finally:
-                        message.close()
+                        message = spool.finish(3)  # the ".\r\n" of the terminator
+                    except OSError as exc:
+                        reply = _spool_failed(exc)
+                    else:
+                        try:
+                            reply = await self._process(message)
+                        finally:
+                            message.close()
             finally:
                 spool.discard()
             await self.push(reply.line())
@@ -300,6 +354,9 @@ class GatewaySMTP(SMTP):
         run = 0  # length of the line still open at the end of the last chunk
         last = b"\r\n"  # the DATA line's CRLF: the terminator may follow at once
         refused: Reply | None = None
+        self._last_read = self.loop.time()
+        self._receiving = True
+        self._reset_timeout(cfg.data_timeout)
         try:
             while True:
                 try:
@@ -321,17 +378,25 @@ class GatewaySMTP(SMTP):
                         refused = LINE_TOO_LONG
                         spool.discard()
                 last = (last + chunk[-5:])[-5:]
-                self._reset_timeout(cfg.data_timeout)
                 if refused is None:
                     if spool.size + len(chunk) > limit:
                         refused = TOO_BIG
                         spool.discard()
                     else:
-                        spool.write(chunk)
+                        try:
+                            spool.write(chunk)
+                        except OSError as exc:
+                            # Keep reading to the terminator: the rest of the data
+                            # must not be taken for commands.
+                            refused = _spool_failed(exc)
+                            spool.discard()
                 if done:
                     break
         finally:
             reader._limit = old_limit
+            self._receiving = False
+            if self.transport is not None and not self.transport.is_closing():
+                self._reset_timeout()  # back to the command timeout
         return refused
 
     async def _process(self, message: Message) -> Reply:
@@ -386,6 +451,9 @@ class _Handler:
     ) -> str:
         if not self.gateway.allowed(server.client_ip):
             return NOT_PERMITTED.line()
+        problem = _address_problem(address, bool(envelope.smtp_utf8))
+        if problem is not None:
+            return problem.line()
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -404,6 +472,9 @@ class _Handler:
             return TOO_MANY_RECIPIENTS.line()
         if "@" not in address:
             return "553 5.1.3 Alamat harus lengkap / Recipient address must be fully qualified"
+        problem = _address_problem(address, bool(envelope.smtp_utf8))
+        if problem is not None:
+            return problem.line()
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
