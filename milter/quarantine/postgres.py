@@ -13,40 +13,23 @@ them in a schema of its own with ``?options=-csearch_path%3Dname`` in the URL.
 
 from __future__ import annotations
 
-import builtins
 import contextlib
-import json
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 
+from milter.quarantine.sql import Executor, SqlStore
 from milter.quarantine.store import (
-    ACTION_FOR_STATUS,
-    DELETED,
-    EXPIRED,
-    GENESIS,
     HELD,
     STEP_COMMITTED,
     STEP_SPOOL_RENAMED,
     STEP_SPOOL_WRITTEN,
-    AuditEntry,
     NotFound,
     QuarantineRecord,
-    QuarantineStore,
-    StateConflict,
     StepHook,
     StoreUnavailable,
-    audit_hash,
-    chain_problems,
-    check_status,
-    decode_list,
-    encode_list,
-    matches,
     record_for_put,
-    status_problems,
 )
 
 _SCHEMA = """
@@ -82,40 +65,17 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 """
 
-_COLUMNS = (
-    "id, received_at, client, sender, recipients, subject, size, classification, labels, "
-    "rules, clauses, findings, status, route, queue_id, updated_at"
-)
 
-
-def _row_to_record(row: tuple[Any, ...]) -> QuarantineRecord:
-    return QuarantineRecord(
-        id=row[0],
-        received_at=row[1],
-        client=row[2],
-        sender=row[3],
-        recipients=decode_list(row[4]),
-        subject=row[5],
-        size=row[6],
-        classification=row[7],
-        labels=decode_list(row[8]),
-        rules=decode_list(row[9]),
-        clauses=decode_list(row[10]),
-        findings=json.loads(row[11] or "{}"),
-        status=row[12],
-        route=row[13],
-        queue_id=row[14],
-        updated_at=row[15],
-    )
-
-
-class PostgresStore(QuarantineStore):
+class PostgresStore(SqlStore):
     """Quarantine shared by several nodes through one PostgreSQL database."""
 
+    placeholder = "%s"
+    for_update = " FOR UPDATE"
+    drop_bytes = ", data = NULL"
+
     def __init__(self, url: str, *, step_hook: StepHook | None = None) -> None:
+        super().__init__(step_hook)
         self.url = url
-        self._hook = step_hook
-        self._lock = threading.RLock()
         self._conn: psycopg.Connection[Any] | None = None
         with self._transaction() as cur:
             # Nodes starting together must not race to create the same tables.
@@ -133,7 +93,7 @@ class PostgresStore(QuarantineStore):
         return self._conn
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[psycopg.Cursor[Any]]:
+    def _transaction(self) -> Iterator[Executor]:
         with self._lock:
             conn = self._connection()
             try:
@@ -142,86 +102,33 @@ class PostgresStore(QuarantineStore):
             except psycopg.Error as exc:
                 raise StoreUnavailable(f"quarantine database error: {exc}") from exc
 
-    def _step(self, name: str) -> None:
-        if self._hook is not None:
-            self._hook(name)
+    def _reading(self) -> contextlib.AbstractContextManager[Executor]:
+        # psycopg opens a transaction for any statement; make it explicit and short so
+        # a read never leaves the connection idle in a transaction.
+        return self._transaction()
 
-    @staticmethod
-    def _append(
-        cur: psycopg.Cursor[Any], actor: str, action: str, qid: str, reason: str
-    ) -> AuditEntry:
-        cur.execute("LOCK TABLE audit IN SHARE ROW EXCLUSIVE MODE")
-        last = cur.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        seq, prev = (int(last[0]) + 1, str(last[1])) if last else (1, GENESIS)
-        at = time.time()
-        digest = audit_hash(
-            prev, seq=seq, at=at, actor=actor, action=action, qid=qid, reason=reason
-        )
-        cur.execute(
-            "INSERT INTO audit (seq, at, actor, action, qid, reason, prev_hash, hash) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (seq, at, actor, action, qid, reason, prev, digest),
-        )
-        return AuditEntry(seq, at, actor, action, qid, reason, prev, digest)
+    def _serialise_audit(self, db: Executor) -> None:
+        # Under READ COMMITTED two nodes could read the same audit tail and both append
+        # after it; the table lock makes them queue instead.
+        db.execute("LOCK TABLE audit IN SHARE ROW EXCLUSIVE MODE")
 
-    # -- the interface ----------------------------------------------------------------
+    # -- where the bytes live ---------------------------------------------------------
 
     def put(self, data: bytes, record: QuarantineRecord) -> str:
         rec = record_for_put(record)
+        # Bytes and record go in one transaction: nothing is visible before the commit.
+        # The steps mark the stages the SQLite store's spool writes mark (bytes stored,
+        # then everything in place), both still before the commit.
         with self._transaction() as cur:
-            cur.execute(
-                f"INSERT INTO quarantine ({_COLUMNS}, data) VALUES "
-                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    rec.id,
-                    rec.received_at,
-                    rec.client,
-                    rec.sender,
-                    encode_list(rec.recipients),
-                    rec.subject,
-                    rec.size,
-                    rec.classification,
-                    encode_list(rec.labels),
-                    encode_list(rec.rules),
-                    encode_list(rec.clauses),
-                    json.dumps(dict(rec.findings), ensure_ascii=False, default=str),
-                    HELD,
-                    rec.route,
-                    rec.queue_id,
-                    None,
-                    data,
-                ),
-            )
+            self._insert(cur, rec, data)
             self._step(STEP_SPOOL_WRITTEN)
             self._append(cur, "gateway", "quarantine", rec.id, ", ".join(rec.rules))
             self._step(STEP_SPOOL_RENAMED)
         self._step(STEP_COMMITTED)
         return rec.id
 
-    def get(self, qid: str) -> QuarantineRecord | None:
-        with self._transaction() as cur:
-            row = cur.execute(f"SELECT {_COLUMNS} FROM quarantine WHERE id = %s", (qid,)).fetchone()
-        return _row_to_record(row) if row else None
-
-    def list(
-        self,
-        status: str | None = None,
-        since: float | None = None,
-        sender: str | None = None,
-        rule: str | None = None,
-    ) -> builtins.list[QuarantineRecord]:
-        sql = f"SELECT {_COLUMNS} FROM quarantine WHERE received_at >= %s"
-        params: builtins.list[Any] = [since if since is not None else float("-inf")]
-        if status is not None:
-            sql += " AND status = %s"
-            params.append(status)
-        with self._transaction() as cur:
-            rows = cur.execute(sql + " ORDER BY received_at, id", params).fetchall()
-        records = (_row_to_record(r) for r in rows)
-        return [r for r in records if matches(r, status, since, sender, rule)]
-
     def read(self, qid: str) -> bytes:
-        with self._transaction() as cur:
+        with self._reading() as cur:
             row = cur.execute(
                 "SELECT status, data FROM quarantine WHERE id = %s", (qid,)
             ).fetchone()
@@ -231,79 +138,14 @@ class PostgresStore(QuarantineStore):
             raise NotFound(f"{qid} was {row[0]}; its message is no longer kept")
         return bytes(row[1])
 
-    def transition(
-        self,
-        qid: str,
-        new_status: str,
-        actor: str,
-        reason: str,
-        *,
-        expected: str | None = HELD,
-        action: str | None = None,
-    ) -> QuarantineRecord:
-        check_status(new_status)
-        drop = new_status in (DELETED, EXPIRED)
-        with self._transaction() as cur:
-            row = cur.execute(
-                "SELECT status FROM quarantine WHERE id = %s FOR UPDATE", (qid,)
-            ).fetchone()
-            if row is None:
-                raise NotFound(f"no quarantined message {qid!r}")
-            if expected is not None and row[0] != expected:
-                raise StateConflict(qid, row[0], expected)
-            cur.execute(
-                "UPDATE quarantine SET status = %s, updated_at = %s"
-                + (", data = NULL" if drop else "")
-                + " WHERE id = %s",
-                (new_status, time.time(), qid),
-            )
-            self._append(cur, actor, action or ACTION_FOR_STATUS[new_status], qid, reason)
-            out = cur.execute(f"SELECT {_COLUMNS} FROM quarantine WHERE id = %s", (qid,)).fetchone()
-        if out is None:
-            raise NotFound(f"no quarantined message {qid!r}")
-        return _row_to_record(out)
-
-    def expire(self, now: float, retention: float) -> builtins.list[str]:
-        cutoff = now - retention
-        with self._transaction() as cur:
-            rows = cur.execute(
-                "SELECT id FROM quarantine WHERE status = %s AND received_at < %s "
-                "ORDER BY received_at",
-                (HELD, cutoff),
-            ).fetchall()
-        expired = []
-        days = retention / 86400
-        for (qid,) in rows:
-            try:
-                self.transition(qid, EXPIRED, "expire", f"retention of {days:g} days passed")
-            except StateConflict:
-                continue
-            expired.append(qid)
+    def _sweep(self, now: float, cutoff: float) -> None:
+        """Clear the bytes of records no longer held once past the retention."""
         with self._transaction() as cur:
             cur.execute(
                 "UPDATE quarantine SET data = NULL "
                 "WHERE status <> %s AND received_at < %s AND data IS NOT NULL",
                 (HELD, cutoff),
             )
-        return expired
-
-    def append_audit(self, actor: str, action: str, qid: str, reason: str) -> AuditEntry:
-        with self._transaction() as cur:
-            return self._append(cur, actor, action, qid, reason)
-
-    def audit_entries(self) -> builtins.list[AuditEntry]:
-        with self._transaction() as cur:
-            rows = cur.execute(
-                "SELECT seq, at, actor, action, qid, reason, prev_hash, hash "
-                "FROM audit ORDER BY seq"
-            ).fetchall()
-        return [AuditEntry(int(r[0]), *r[1:]) for r in rows]
-
-    def verify_audit(self) -> builtins.list[str]:
-        entries = self.audit_entries()
-        with self._transaction() as cur:
-            statuses = {r[0]: r[1] for r in cur.execute("SELECT id, status FROM quarantine")}
-        return chain_problems(entries) + status_problems(statuses, entries)
 
     def close(self) -> None:
         with self._lock:

@@ -8,8 +8,9 @@ whose entries each carry the SHA-256 of the previous one: editing, deleting or
 reordering a row breaks the chain, which ``verify_audit`` reports.
 
 Two back-ends implement it: ``milter.quarantine.sqlite`` (one node, the default) and
-``milter.quarantine.postgres`` (several nodes sharing one database). ``open_store``
-picks one from the configured URL.
+``milter.quarantine.postgres`` (several nodes sharing one database), both on the
+common SQL store in ``milter.quarantine.sql``. ``open_store`` picks one from the
+configured URL.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import builtins
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -229,14 +230,6 @@ def matches(
 def record_for_put(record: QuarantineRecord) -> QuarantineRecord:
     """The record as stored: a fresh id when none was given, status ``held``."""
     return replace(record, id=record.id or new_id(), status=HELD, updated_at=None)
-
-
-def encode_list(values: Sequence[str]) -> str:
-    return json.dumps(list(values), ensure_ascii=False)
-
-
-def decode_list(text: str | None) -> tuple[str, ...]:
-    return tuple(str(v) for v in json.loads(text or "[]"))
 
 
 def check_status(new_status: str) -> None:

@@ -1,0 +1,313 @@
+"""What the SQLite and PostgreSQL quarantines share: one row format, one audit chain.
+
+Both back-ends keep the same two tables (``quarantine`` and ``audit``) and answer every
+query the same way, so the statements, the row mapping and the audit append live here
+once. A back-end supplies only what really differs: how it connects and locks
+(``_transaction`` and ``_reading``), its schema DDL, and where the message bytes live
+(SQLite: a spool directory beside the database; PostgreSQL: the row itself), which is
+why ``put``, ``read`` and the sweep of unreferenced bytes stay with each back-end.
+
+Statements are written with ``?`` placeholders and translated to the driver's style
+(``%s`` for psycopg) by ``_sql``; none of them contains a literal ``?`` or ``%``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar, Protocol
+
+from milter.quarantine.store import (
+    ACTION_FOR_STATUS,
+    DELETED,
+    EXPIRED,
+    GENESIS,
+    HELD,
+    AuditEntry,
+    NotFound,
+    QuarantineRecord,
+    QuarantineStore,
+    StateConflict,
+    StepHook,
+    audit_hash,
+    chain_problems,
+    check_status,
+    matches,
+    status_problems,
+)
+
+COLUMNS = (
+    "id, received_at, client, sender, recipients, subject, size, classification, labels, "
+    "rules, clauses, findings, status, route, queue_id, updated_at"
+)
+
+_AUDIT_COLUMNS = "seq, at, actor, action, qid, reason, prev_hash, hash"
+
+
+class Rows(Protocol):
+    """The result of a statement, as both sqlite3 and psycopg cursors return it."""
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Executor(Protocol):
+    """What runs a statement: a sqlite3 connection or a psycopg cursor."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Rows: ...
+
+
+def encode_list(values: Sequence[str]) -> str:
+    """A tuple column as JSON text, so both databases store it in a plain TEXT column."""
+    return json.dumps(list(values), ensure_ascii=False)
+
+
+def decode_list(text: str | None) -> tuple[str, ...]:
+    return tuple(str(v) for v in json.loads(text or "[]"))
+
+
+def row_to_record(row: Sequence[Any]) -> QuarantineRecord:
+    """The record a ``SELECT {COLUMNS}`` row describes."""
+    return QuarantineRecord(
+        id=row[0],
+        received_at=row[1],
+        client=row[2],
+        sender=row[3],
+        recipients=decode_list(row[4]),
+        subject=row[5],
+        size=row[6],
+        classification=row[7],
+        labels=decode_list(row[8]),
+        rules=decode_list(row[9]),
+        clauses=decode_list(row[10]),
+        findings=json.loads(row[11] or "{}"),
+        status=row[12],
+        route=row[13],
+        queue_id=row[14],
+        updated_at=row[15],
+    )
+
+
+def record_values(rec: QuarantineRecord) -> tuple[Any, ...]:
+    """The ``COLUMNS`` values of a record being stored: held, never updated yet."""
+    return (
+        rec.id,
+        rec.received_at,
+        rec.client,
+        rec.sender,
+        encode_list(rec.recipients),
+        rec.subject,
+        rec.size,
+        rec.classification,
+        encode_list(rec.labels),
+        encode_list(rec.rules),
+        encode_list(rec.clauses),
+        json.dumps(dict(rec.findings), ensure_ascii=False, default=str),
+        HELD,
+        rec.route,
+        rec.queue_id,
+        None,
+    )
+
+
+class SqlStore(QuarantineStore):
+    """The quarantine over the two shared tables; subclasses bring the database.
+
+    Every method that writes runs inside one ``_transaction``, so a status change and
+    its audit entry commit together or not at all. Reading the audit tail and appending
+    after it must not interleave with another writer, in this process or another: the
+    back-end's transaction or its ``_serialise_audit`` sees to that, which is what keeps
+    the hash chain a single line.
+    """
+
+    # The driver's parameter marker (sqlite3: ``?``, psycopg: ``%s``).
+    placeholder: ClassVar[str] = "?"
+    # Appended to the status SELECT in ``transition`` to lock the row where the
+    # database locks rows rather than the whole file.
+    for_update: ClassVar[str] = ""
+    # Appended to the status UPDATE when a record is deleted or expired, for a
+    # back-end whose bytes live in the row and go in the same statement.
+    drop_bytes: ClassVar[str] = ""
+
+    def __init__(self, step_hook: StepHook | None) -> None:
+        self._hook = step_hook
+        self._lock = threading.RLock()
+
+    # -- what a back-end supplies -----------------------------------------------------
+
+    @abstractmethod
+    def _transaction(self) -> AbstractContextManager[Executor]:
+        """One transaction on the connection, held for this store's threads alone.
+
+        Commits on a clean exit and rolls back on an exception; a database error
+        surfaces as StoreUnavailable at the latest when committing.
+        """
+
+    @abstractmethod
+    def _reading(self) -> AbstractContextManager[Executor]:
+        """The connection for reads that change nothing, held for this store's threads."""
+
+    def _serialise_audit(self, db: Executor) -> None:
+        """Make this transaction the only one appending to the audit log until it ends.
+
+        Nothing to do where ``_transaction`` already excludes every other writer.
+        """
+
+    def _discard(self, qid: str) -> None:
+        """Remove bytes kept outside the database, once their record no longer needs them.
+
+        Nothing to do where the bytes live in the row (``drop_bytes`` clears them).
+        """
+
+    @abstractmethod
+    def _sweep(self, now: float, cutoff: float) -> None:
+        """Remove bytes nobody may read any more (see ``expire``)."""
+
+    # -- shared plumbing --------------------------------------------------------------
+
+    def _sql(self, statement: str) -> str:
+        """``statement`` with the driver's parameter marker in place of each ``?``."""
+        if self.placeholder == "?":
+            return statement
+        return statement.replace("?", self.placeholder)
+
+    def _step(self, name: str) -> None:
+        if self._hook is not None:
+            self._hook(name)
+
+    def _insert(self, db: Executor, rec: QuarantineRecord, data: bytes | None = None) -> None:
+        """Insert the held record, and its bytes too when ``data`` is given."""
+        values = record_values(rec)
+        columns = COLUMNS
+        if data is not None:
+            columns += ", data"
+            values += (data,)
+        marks = ", ".join("?" * len(values))
+        db.execute(self._sql(f"INSERT INTO quarantine ({columns}) VALUES ({marks})"), values)
+
+    def _append(self, db: Executor, actor: str, action: str, qid: str, reason: str) -> AuditEntry:
+        """Chain one entry to the newest; the caller's transaction makes it atomic."""
+        self._serialise_audit(db)
+        last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (int(last[0]) + 1, str(last[1])) if last else (1, GENESIS)
+        at = time.time()
+        digest = audit_hash(
+            prev, seq=seq, at=at, actor=actor, action=action, qid=qid, reason=reason
+        )
+        db.execute(
+            self._sql(f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+            (seq, at, actor, action, qid, reason, prev, digest),
+        )
+        return AuditEntry(seq, at, actor, action, qid, reason, prev, digest)
+
+    # -- the interface ----------------------------------------------------------------
+
+    def get(self, qid: str) -> QuarantineRecord | None:
+        with self._reading() as db:
+            row = db.execute(
+                self._sql(f"SELECT {COLUMNS} FROM quarantine WHERE id = ?"), (qid,)
+            ).fetchone()
+        return row_to_record(row) if row else None
+
+    def list(
+        self,
+        status: str | None = None,
+        since: float | None = None,
+        sender: str | None = None,
+        rule: str | None = None,
+    ) -> builtins.list[QuarantineRecord]:
+        # The database narrows by time and status (indexed); ``matches`` applies the
+        # rest so that every back-end compares addresses and rules the same way.
+        sql = f"SELECT {COLUMNS} FROM quarantine WHERE received_at >= ?"
+        params: builtins.list[Any] = [since if since is not None else float("-inf")]
+        if status is not None:
+            sql += " AND status = ?"
+            params.append(status)
+        with self._reading() as db:
+            rows = db.execute(self._sql(sql + " ORDER BY received_at, id"), params).fetchall()
+        records = (row_to_record(r) for r in rows)
+        return [r for r in records if matches(r, status, since, sender, rule)]
+
+    def transition(
+        self,
+        qid: str,
+        new_status: str,
+        actor: str,
+        reason: str,
+        *,
+        expected: str | None = HELD,
+        action: str | None = None,
+    ) -> QuarantineRecord:
+        check_status(new_status)
+        drop = new_status in (DELETED, EXPIRED)
+        with self._transaction() as db:
+            row = db.execute(
+                self._sql("SELECT status FROM quarantine WHERE id = ?" + self.for_update), (qid,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no quarantined message {qid!r}")
+            if expected is not None and row[0] != expected:
+                raise StateConflict(qid, row[0], expected)
+            db.execute(
+                self._sql(
+                    "UPDATE quarantine SET status = ?, updated_at = ?"
+                    + (self.drop_bytes if drop else "")
+                    + " WHERE id = ?"
+                ),
+                (new_status, time.time(), qid),
+            )
+            self._append(db, actor, action or ACTION_FOR_STATUS[new_status], qid, reason)
+            out = db.execute(
+                self._sql(f"SELECT {COLUMNS} FROM quarantine WHERE id = ?"), (qid,)
+            ).fetchone()
+        # Bytes outside the database go only once the new status is committed: a
+        # failed commit must leave a held record with its message.
+        if drop:
+            self._discard(qid)
+        if out is None:
+            raise NotFound(f"no quarantined message {qid!r}")
+        return row_to_record(out)
+
+    def expire(self, now: float, retention: float) -> builtins.list[str]:
+        cutoff = now - retention
+        with self._reading() as db:
+            rows = db.execute(
+                self._sql(
+                    "SELECT id FROM quarantine WHERE status = ? AND received_at < ? "
+                    "ORDER BY received_at"
+                ),
+                (HELD, cutoff),
+            ).fetchall()
+        expired = []
+        days = retention / 86400
+        for (qid,) in rows:
+            try:
+                self.transition(qid, EXPIRED, "expire", f"retention of {days:g} days passed")
+            except StateConflict:
+                continue
+            expired.append(qid)
+        self._sweep(now, cutoff)
+        return expired
+
+    def append_audit(self, actor: str, action: str, qid: str, reason: str) -> AuditEntry:
+        with self._transaction() as db:
+            return self._append(db, actor, action, qid, reason)
+
+    def audit_entries(self) -> builtins.list[AuditEntry]:
+        with self._reading() as db:
+            rows = db.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY seq").fetchall()
+        return [AuditEntry(int(r[0]), *r[1:]) for r in rows]
+
+    def verify_audit(self) -> builtins.list[str]:
+        entries = self.audit_entries()
+        with self._reading() as db:
+            statuses = {
+                r[0]: r[1] for r in db.execute("SELECT id, status FROM quarantine").fetchall()
+            }
+        return chain_problems(entries) + status_problems(statuses, entries)
