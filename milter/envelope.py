@@ -43,5 +43,6 @@ class Envelope:
     helo: str = ""
     smtputf8: bool = False
     tls: bool = False
+    esmtp: bool = True
     queue_id: str = field(default_factory=new_id)
     received_at: float = field(default_factory=time.time)

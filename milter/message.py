@@ -42,11 +42,12 @@ def stuff(content: bytes) -> bytes:
 
 
 def unstuff(wire: bytes) -> bytes:
-    """Undo dot-stuffing; only a dot at the start of a CRLF-terminated line is doubled."""
+    """Undo dot-stuffing as a receiving MTA does (RFC 5321 section 4.5.2): a line's
+    leading dot is removed, so the inspector sees what the recipient will see."""
     if b"\n." not in wire and not wire.startswith(b"."):
         return wire
-    out = wire.replace(b"\r\n..", b"\r\n.")
-    return out[1:] if out.startswith(b"..") else out
+    out = wire.replace(b"\r\n.", b"\r\n")
+    return out[1:] if out.startswith(b".") else out
 
 
 class Message:

@@ -103,7 +103,9 @@ def _tempfail(env: Envelope, classification: str | None = None) -> Outcome:
 
 def received_header(config: GatewayConfig, env: Envelope) -> bytes:
     """The one header the gateway adds (RFC 5321 section 4.4)."""
-    proto = ("UTF8SMTP" if env.smtputf8 else "ESMTP") + ("S" if env.tls else "")
+    proto = ("UTF8SMTP" if env.smtputf8 else "ESMTP" if env.esmtp else "SMTP") + (
+        "S" if env.tls else ""
+    )
     helo = "".join(c for c in env.helo if c.isprintable() and c not in "()") or "unknown"
     ip = env.client_addr
     for_clause = f"\r\n\tfor <{env.rcpt_tos[0]}>" if len(env.rcpt_tos) == 1 else ""

@@ -384,3 +384,13 @@ def test_several_listen_addresses(sink: Sink, gateway_factory) -> None:
     for port in (first, second):
         send(port, "budi@dinas.jakarta.go.id", ["sari@example.org"], MESSAGE)
     assert len(sink.wait_for(2)) == 2
+
+
+def test_received_says_smtp_after_helo(sink: Sink, gateway_factory) -> None:
+    gw = gateway_factory(upstream=f"smtp://127.0.0.1:{sink.port}")
+    with smtplib.SMTP("127.0.0.1", gw.port, timeout=10) as s:
+        s.helo("old.client.example")
+        s.sendmail("budi@dinas.jakarta.go.id", ["sari@example.org"], MESSAGE)
+    [got] = sink.wait_for(1)
+    assert b"from old.client.example ([127.0.0.1])" in got.data
+    assert b"(milter) with SMTP id " in got.data

@@ -118,6 +118,7 @@ class Gateway:
             self.tls_context.load_cert_chain(config.tls_cert, config.tls_key)
         self.servers: list[asyncio.Server] = []
         self._changed = asyncio.Event()
+        self.inflight: set[asyncio.Future[Any]] = set()
 
     def allowed(self, addr: str) -> bool:
         try:
@@ -159,6 +160,19 @@ class Gateway:
                     self._changed.clear()
                     await self._changed.wait()
 
+    def track(self, task: asyncio.Future[Any], message: Message) -> None:
+        """Keep a message's processing alive on its own, and clean up after it."""
+        self.inflight.add(task)
+
+        def done(t: asyncio.Future[Any]) -> None:
+            self.inflight.discard(t)
+            message.close()
+            if not t.cancelled():
+                t.exception()  # retrieved: an error was answered (451) or logged already
+            self.changed()
+
+        task.add_done_callback(done)
+
     async def shutdown(self, grace: float) -> None:
         """Stop accepting; let transactions in flight finish; close the rest politely."""
         self.closing = True
@@ -167,7 +181,11 @@ class Gateway:
         for session in list(self.sessions):
             if not session.busy:
                 session.close_politely()
-        await self.wait_until(lambda: not any(s.busy for s in self.sessions), grace)
+        await self.wait_until(
+            lambda: not self.inflight and not any(s.busy for s in self.sessions), grace
+        )
+        for task in list(self.inflight):
+            task.cancel()  # past the grace period: never acknowledged, the client retries
         await self.wait_until(lambda: not self.sessions, 1.5)
         for session in list(self.sessions):
             session.abort()
@@ -320,10 +338,7 @@ class GatewaySMTP(SMTP):
                     except OSError as exc:
                         reply = _spool_failed(exc)
                     else:
-                        try:
-                            reply = await self._process(message)
-                        finally:
-                            message.close()
+                        reply = await self._process(message)
             finally:
                 spool.discard()
             await self.push(reply.line())
@@ -411,14 +426,20 @@ class GatewaySMTP(SMTP):
             helo=session.host_name or "",
             smtputf8=bool(env.smtp_utf8),
             tls=session.ssl is not None,
+            esmtp=bool(session.extended_smtp),
             queue_id=new_id(),
         )
+        # Once the whole message is here it is processed to the end even if the
+        # client goes away meanwhile: the delivery then is logged and consistent,
+        # and the message's spool file lives until the pipeline is done with it.
+        task = asyncio.ensure_future(self.gateway.pipeline.process(envelope, message))
+        self.gateway.track(task, message)
         try:
-            outcome = await self.gateway.pipeline.process(envelope, message)
+            outcome = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:
-            log.event(
-                "pipeline-error", 40, id=envelope.queue_id, error=f"{type(exc).__name__}: {exc}"
-            )
+            log.failure("pipeline-error", exc, id=envelope.queue_id)
             return TEMP_FAILURE
         return outcome.reply
 
