@@ -44,6 +44,18 @@ class DeliveryResult:
     def temporary(self) -> bool:
         return not self.ok and 400 <= self.code < 500
 
+    @classmethod
+    def failed(cls, reply: Reply, rcpts: Sequence[str], route: str = "upstream") -> DeliveryResult:
+        """Nothing delivered: every recipient carries the same reply."""
+        return cls(
+            False,
+            code=reply.code,
+            status=reply.status,
+            message=reply.text,
+            refused={r: (reply.code, reply.text) for r in rcpts},
+            route=route,
+        )
+
 
 class DeliveryError(Exception):
     """A next hop failed as a whole; ``reply`` is what the client should hear."""
@@ -239,13 +251,8 @@ class SmtpConnection:
             params.append(" BODY=8BITMIME")
         if smtputf8:
             if "SMTPUTF8" not in self.extensions:
-                return DeliveryResult(
-                    False,
-                    code=553,
-                    status="5.6.7",
-                    message=(f"next hop {self.route.name} does not support SMTPUTF8"),
-                    refused={r: (553, "SMTPUTF8 not supported") for r in rcpts},
-                )
+                reply = Reply(553, f"next hop {self.route.name} does not support SMTPUTF8", "5.6.7")
+                return DeliveryResult.failed(reply, rcpts)
             params.append(" SMTPUTF8")
         commands = [f"MAIL FROM:<{mail_from}>{''.join(params)}"]
         commands += [f"RCPT TO:<{r}>" for r in rcpts]
@@ -265,13 +272,7 @@ class SmtpConnection:
         mail = replies[0]
         if mail.code != 250:
             await self._reset()
-            return DeliveryResult(
-                False,
-                code=mail.code,
-                status=mail.status,
-                message=mail.text,
-                refused={r: (mail.code, mail.text) for r in rcpts},
-            )
+            return DeliveryResult.failed(mail, rcpts)
         accepted = [r for r, rep in zip(rcpts, replies[1:], strict=True) if rep.code in (250, 251)]
         refused = {
             r: (rep.code, rep.text)
@@ -290,13 +291,7 @@ class SmtpConnection:
         reply = data_reply
         if reply.code != 354:
             await self._reset()
-            return DeliveryResult(
-                False,
-                refused={r: (reply.code, reply.text) for r in rcpts},
-                code=reply.code,
-                status=reply.status,
-                message=reply.text,
-            )
+            return DeliveryResult.failed(reply, rcpts)
         self.data_started = True
         if message.total_size <= CHUNK:
             await self.write(b"".join(message.wire_chunks()) + b".\r\n")
@@ -306,13 +301,7 @@ class SmtpConnection:
             await self.write(b".\r\n")
         reply = await self.read_reply()
         if reply.code != 250:
-            return DeliveryResult(
-                False,
-                refused={r: (reply.code, reply.text) for r in rcpts},
-                code=reply.code,
-                status=reply.status,
-                message=reply.text,
-            )
+            return DeliveryResult.failed(reply, rcpts)
         self.last_used = time.monotonic()
         return DeliveryResult(True, tuple(accepted), refused, reply.code, reply.text, reply.status)
 
@@ -374,14 +363,7 @@ class Deliverer:
         try:
             result = await self._smtp(route, mail_from, rcpts, message, smtputf8)
         except DeliveryError as exc:
-            r = exc.reply
-            result = DeliveryResult(
-                False,
-                code=r.code,
-                status=r.status,
-                message=r.text,
-                refused={a: (r.code, r.text) for a in rcpts},
-            )
+            result = DeliveryResult.failed(exc.reply, rcpts)
         result.route = route_name
         return result
 
@@ -482,14 +464,8 @@ def deliver_maildir(
         finally:
             os.close(dfd)
     except OSError as exc:
-        return DeliveryResult(
-            False,
-            code=451,
-            status="4.3.0",
-            route=route.name,
-            message=f"outbox {base}: {exc.strerror or exc}",
-            refused={r: (451, "outbox write failed") for r in rcpts},
-        )
+        reply = Reply(451, f"outbox {base}: {exc.strerror or exc}", "4.3.0")
+        return DeliveryResult.failed(reply, rcpts, route.name)
     return DeliveryResult(
         True, tuple(rcpts), {}, 250, f"stored in {name}", "2.0.0", route=route.name
     )
