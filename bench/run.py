@@ -27,12 +27,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.messages import big_message, report_message, small_message  # noqa: E402
+from bench.messages import big_message, jpeg, report_message, small_message  # noqa: E402
 from tests.conftest import free_port, wait_port  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 SENDER = "pengirim@example.com"
 RECIPIENT = "penerima@example.org"
+
+
+def hundred_kb_message() -> bytes:
+    """The report message with a photo attached as well: about 100 KB, PDF and docx."""
+    import email
+    import email.policy
+    from email.mime.image import MIMEImage
+
+    msg = email.message_from_bytes(report_message(), policy=email.policy.compat32)
+    photo = MIMEImage(jpeg(320, 280, seed=11), "jpeg")
+    photo.add_header("Content-Disposition", "attachment", filename="foto-kegiatan.jpg")
+    msg.attach(photo)
+    return msg.as_bytes()
 
 
 def tool(name: str) -> str:
@@ -127,6 +140,18 @@ def smtp_source(port: int, path: Path, count: int, sessions: int) -> float:
     return count / (time.perf_counter() - t0)
 
 
+def best_of(
+    repeat: int, direct_port: int, gateway_port: int, path: Path, *, count: int, sessions: int
+) -> tuple[float, float]:
+    """The best rate of each path over interleaved runs: what the machine can do when
+    nothing else disturbs it, measured in the same conditions for both paths."""
+    direct, via = 0.0, 0.0
+    for _ in range(repeat):
+        direct = max(direct, smtp_source(direct_port, path, count, sessions))
+        via = max(via, smtp_source(gateway_port, path, count, sessions))
+    return direct, via
+
+
 def probe(port: int, data: bytes, count: int) -> list[float]:
     """Per-message latency in ms of a sequential client over one connection."""
     out = []
@@ -163,11 +188,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=2000, help="messages per measurement")
     ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per path; the best counts")
     ap.add_argument("--probe", type=int, default=200, help="sequential latency samples")
     ap.add_argument("--no-policy", action="store_true", help="skip the policy-enforced run")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    messages = {"5 KB": small_message(), "report": report_message()}
+    messages = {"5 KB": small_message(), "report": report_message(), "100 KB": hundred_kb_message()}
     files = {}
     for name, data in messages.items():
         path = OUT / f"{name.replace(' ', '')}.eml"
@@ -180,11 +206,14 @@ def main() -> None:
         gw, gw_port = start_gateway(sink_port, workers=2)
         try:
             for name, path in files.items():
+                if name == "report":
+                    continue  # measured with the policy below; the 100 KB one carries it here
                 size = len(messages[name]) // 1024
                 smtp_source(sink_port, path, min(200, args.count), args.sessions)  # warm-up
-                direct = smtp_source(sink_port, path, args.count, args.sessions)
                 smtp_source(gw_port, path, min(200, args.count), args.sessions)
-                via = smtp_source(gw_port, path, args.count, args.sessions)
+                direct, via = best_of(
+                    args.repeat, sink_port, gw_port, path, count=args.count, sessions=args.sessions
+                )
                 lat_direct = probe(sink_port, messages[name], args.probe)
                 lat_gw = probe(gw_port, messages[name], args.probe)
                 rows.append(
@@ -204,9 +233,10 @@ def main() -> None:
                 path = files["report"]
                 size = len(messages["report"]) // 1024
                 count = max(200, args.count // 4)
-                direct = smtp_source(sink_port, path, count, args.sessions)
                 smtp_source(gw_port, path, 100, args.sessions)
-                via = smtp_source(gw_port, path, count, args.sessions)
+                direct, via = best_of(
+                    args.repeat, sink_port, gw_port, path, count=count, sessions=args.sessions
+                )
                 lat_direct = probe(sink_port, messages["report"], args.probe // 2)
                 lat_gw = probe(gw_port, messages["report"], args.probe // 2)
                 rows.append(
