@@ -15,12 +15,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages the tests need: Postfix's smtp-sink/smtp-source, swaks, libmagic.
+# Debian packages the tests need: Postfix's smtp-sink/smtp-source, swaks, openssl (DKIM
+# keys, test certificates), libmagic.
 deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
 	  command -v smtp-sink >/dev/null || [ -x /usr/sbin/smtp-sink ] || missing="$$missing postfix"; \
 	  command -v swaks >/dev/null || missing="$$missing swaks"; \
+	  command -v openssl >/dev/null || missing="$$missing openssl"; \
 	  [ -e /usr/lib/x86_64-linux-gnu/libmagic.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/libmagic.so.1 ] || missing="$$missing libmagic1"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
