@@ -26,6 +26,7 @@ from milter.envelope import Envelope, new_id
 from milter.inspect.findings import Findings
 from milter.message import Message
 from milter.policy.verdict import RecipientVerdict, Rewrite, Verdict, deliver_all
+from milter.quarantine.store import QuarantineRecord
 from milter.replies import TEMP_FAILURE, Reply
 
 
@@ -42,7 +43,7 @@ class Inspector(Protocol):
 
 
 class StoreLike(Protocol):
-    def put(self, data: bytes, record: Any) -> str: ...
+    def put(self, data: bytes, record: QuarantineRecord) -> str: ...
 
 
 class Notifier(Protocol):
@@ -78,7 +79,7 @@ class Outcome:
     quarantine_id: str | None = None
     classification: str | None = None
     rules: tuple[str, ...] = ()
-    record: Any = None  # the QuarantineRecord stored, for notices
+    record: QuarantineRecord | None = None  # what was stored in quarantine, for notices
 
     @property
     def label(self) -> str:
@@ -109,9 +110,7 @@ def received_header(config: GatewayConfig, env: Envelope) -> bytes:
     helo = "".join(c for c in env.helo if c.isprintable() and c not in "()") or "unknown"
     ip = env.client_addr
     for_clause = f"\r\n\tfor <{env.rcpt_tos[0]}>" if len(env.rcpt_tos) == 1 else ""
-    date = email.utils.format_datetime(
-        email.utils.localtime(__import__("datetime").datetime.fromtimestamp(env.received_at))
-    )
+    date = email.utils.formatdate(env.received_at, localtime=True)
     line = (
         f"Received: from {helo} ([{ip}])\r\n\tby {config.hostname} (milter) with {proto}"
         f" id {env.queue_id}{for_clause};\r\n\t{date}\r\n"
@@ -217,7 +216,7 @@ class Pipeline:
                 groups.setdefault((r.route or "upstream", r.rewrites), []).append(r)
         outcomes: dict[str, RecipientOutcome] = {}
         quarantine_id: str | None = None
-        record: Any = None
+        record: QuarantineRecord | None = None
 
         for r in rejected:
             text = r.reject_text or "Pesan ditolak oleh kebijakan / Message rejected by policy"
@@ -374,11 +373,9 @@ class Pipeline:
         findings: Findings | None,
         verdict: Verdict,
         held: list[RecipientVerdict],
-    ) -> Any:
+    ) -> QuarantineRecord:
         if self.store is None:
             raise RuntimeError("quarantine verdict but no quarantine store is configured")
-        from milter.quarantine.store import QuarantineRecord
-
         record = QuarantineRecord(
             id=new_id(),
             received_at=env.received_at,
