@@ -10,6 +10,7 @@ import argparse
 import resource
 import statistics
 import time
+import tracemalloc
 from pathlib import Path
 
 from bench.messages import big_message, report_message, small_message
@@ -61,9 +62,14 @@ def main() -> None:
         findings = inspect_message(data)
         took = time.perf_counter() - start
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        tracemalloc.start()
+        inspect_message(data)
+        traced = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
         print(
             f"big     {len(data) >> 20} MB  {took * 1000:.0f} ms  peak RSS {peak >> 10} MB "
-            f"(was {before >> 10} MB)  parts {len(findings.parts)}"
+            f"(was {before >> 10} MB)  tracemalloc peak {traced >> 20} MB  "
+            f"parts {len(findings.parts)}"
         )
 
 

@@ -3,8 +3,9 @@
 Why not ``email``'s parse-and-generate: it refolds headers, re-encodes bodies and
 normalises boundaries, so a signed part, an attachment or a header it merely passed
 through would change. Here the message is split into its MIME entities at the byte
-level, losslessly (joining the pieces gives back the input byte for byte); a rewrite
-replaces only the entities it changes, and everything else keeps its exact bytes.
+level by ``milter.mimetree``, the splitter the inspector uses too, losslessly (joining
+the pieces gives back the input byte for byte); a rewrite replaces only the entities
+it changes, and everything else keeps its exact bytes.
 
 Rewrite kinds (``milter.policy.verdict.Rewrite``) and their arguments:
 
@@ -59,10 +60,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.header import Header, decode_header, make_header
 from email.message import Message
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from typing import Any
 
+from milter import mimetree
 from milter.config import parse_size
 from milter.policy.verdict import Rewrite
 
@@ -105,9 +105,6 @@ EXECUTABLE_TYPES = (
     "application/x-iso9660-image",
 )
 
-# The header-line test of CPython's feedparser, so the gateway's inspector (which uses
-# ``email``) and the rewriter always agree on where the headers end.
-_FIELD = re.compile(rb"^(From |[\041-\071\073-\176]*:|[\t ])")
 _NAME = re.compile(r"^[!-9;-~]+$")
 
 
@@ -133,9 +130,7 @@ class _Entity:
     @property
     def info(self) -> Message:
         if self._info is None:
-            parser = BytesHeaderParser(policy=compat32)
-            self._info = parser.parsebytes(b"".join(self.fields) + b"\n")
-            self._info.set_default_type(self.default_type)
+            self._info = mimetree.header_info(self.fields, self.default_type)
         return self._info
 
     def changed(self) -> None:
@@ -194,93 +189,53 @@ def _field_name(line: bytes) -> bytes:
     return line.split(b":", 1)[0].strip().lower()
 
 
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-
-
-def _eol_of(data: bytes) -> bytes:
-    """The message's line ending; like ``email``, a bare CR counts as one."""
-    m = _LINE_END.search(data)
-    return m.group() if m else b"\r\n"
-
-
-def _parse(raw: bytes, eol: bytes, default_type: str = "text/plain", depth: int = 0) -> _Entity:
-    prefix = b""
-    pos = 0
-    if raw.startswith(b"From ") and depth == 0:
-        m = _LINE_END.search(raw)
-        pos = m.end() if m else len(raw)
-        prefix = raw[:pos]
-    fields: list[bytes] = []
-    sep = b""
-    body_start = len(raw)
-    while pos < len(raw):
-        m = _LINE_END.search(raw, pos)
-        nxt = m.end() if m else len(raw)
-        line = raw[pos:nxt]
-        if line in (b"\n", b"\r\n", b"\r"):
-            sep, body_start = line, nxt
-            break
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += line
-        elif _FIELD.match(line):  # includes a stray continuation or "From " line
-            fields.append(line)
-        else:  # not a header: the body starts without an empty line
-            body_start = pos
-            break
-        pos = nxt
-    ent = _Entity(prefix, fields, sep, raw[body_start:], eol, default_type)
-    if depth >= MAX_DEPTH:
-        return ent
-    if ent.info.get_content_maintype() == "multipart":
-        _split(ent, depth)
-    elif ent.ctype == "message/rfc822" and _cte(ent) in ("7bit", "8bit", "binary"):
-        # An attached message is an entity too: its attachments can be stripped.
-        ent.children = [_parse(ent.body, eol, "text/plain", depth + 1)]
-        ent.pieces = [b"", b""]
+def _parse(
+    raw: mimetree.Buffer, eol: bytes, default_type: str = "text/plain", depth: int = 0
+) -> _Entity:
+    """The entity tree of ``raw``; only leaf bodies and header fields are copied."""
+    view = memoryview(raw)
+    head = mimetree.split_head(view, top=depth == 0)
+    body = view[head.body_start :]
+    ent = _Entity(head.prefix, head.fields, head.sep, b"", eol, default_type)
+    if depth < MAX_DEPTH:
+        if ent.info.get_content_maintype() == "multipart" and _split(ent, body, depth):
+            return ent
+        if ent.ctype == "message/rfc822" and _cte(ent) in ("7bit", "8bit", "binary"):
+            # An attached message is an entity too: its attachments can be stripped.
+            # Its body stays as well: stripping the whole message reports its size.
+            ent.children = [_parse(body, eol, "text/plain", depth + 1)]
+            ent.pieces = [b"", b""]
+    ent.body = bytes(body)
     return ent
 
 
-def _split(ent: _Entity, depth: int) -> None:
-    try:
-        boundary = ent.info.get_boundary()
-    except (ValueError, LookupError):
-        return
+def _split(ent: _Entity, body: memoryview, depth: int) -> bool:
+    """Split a multipart's ``body`` into its parts; False leaves it a leaf."""
+    boundary = mimetree.boundary_of(ent.info)
     if not boundary:
-        return
-    b = boundary.encode("ascii", "surrogateescape")
-    pattern = re.compile(rb"(?:(?<=[\r\n])|\A)--" + re.escape(b) + rb"(--)?[ \t]*(?=[\r\n]|\Z)")
-    body = ent.body
+        return False
     units: list[tuple[int, int, bool]] = []  # start (with the line end before), end, is-close
     prev_end = 0
-    for m in pattern.finditer(body):
-        start = m.start()
-        if start >= 2 and body[start - 2 : start] == b"\r\n":
-            start -= 2
-        elif start >= 1:  # a lone LF or CR
-            start -= 1
-        start = max(start, prev_end)  # back-to-back delimiters share no line end
-        end = m.end()
-        if body[end : end + 2] == b"\r\n":
-            end += 2
-        elif body[end : end + 1] in (b"\n", b"\r"):
-            end += 1
-        units.append((start, end, bool(m.group(1))))
-        prev_end = end
-        if m.group(1):
+    for d in mimetree.delimiters(body, boundary):
+        start = max(d.start, prev_end)  # back-to-back delimiters share no line end
+        units.append((start, d.end, d.close))
+        prev_end = d.end
+        if d.close:
             break
     if not units or units[0][2]:
-        return
+        return False
     child_type = "message/rfc822" if ent.ctype == "multipart/digest" else "text/plain"
-    pieces = [body[: units[0][0]]]
+    pieces = [bytes(body[: units[0][0]])]
     children = []
     for i, (start, end, close) in enumerate(units):
         if close:
-            pieces.append(body[start:])
+            pieces.append(bytes(body[start:]))
             break
-        pieces.append(body[start:end])
+        pieces.append(bytes(body[start:end]))
         stop = units[i + 1][0] if i + 1 < len(units) else len(body)
         children.append(_parse(body[end:stop], ent.eol, child_type, depth + 1))
-    ent.pieces, ent.children, ent.body = pieces, children, b""
+    ent.pieces, ent.children = pieces, children
+    return True
 
 
 def _walk(ent: _Entity) -> list[_Entity]:
@@ -721,7 +676,7 @@ def apply(data: bytes, rewrites: Sequence[Rewrite], *, sniff: Sniffer | None = N
     if not rewrites:
         return data
     sniffer = sniff or basic_sniff
-    top = _parse(data, _eol_of(data))
+    top = _parse(data, mimetree.eol_of(data))
     for rw in rewrites:
         if rw.kind == "subject_prefix":
             _subject_prefix(top, rw.arg("text", ""))

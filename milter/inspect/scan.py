@@ -10,7 +10,6 @@ unscannable and the walk goes on; message-wide limits (bytes, time) unwind to
 from __future__ import annotations
 
 import bz2
-import email
 import email.parser
 import email.policy
 import io
@@ -230,15 +229,15 @@ def scan_message(ctx: Context, data: bytes) -> None:
         ctx.headers = decoded_headers(msg)
         ctx.subject = scan_headers(ctx, msg, "")
         raise LimitReached("message larger than the examined bytes limit")
-    msg = email.message_from_bytes(data, policy=email.policy.compat32)
-    ctx.headers = decoded_headers(msg)
-    ctx.subject = scan_headers(ctx, msg, "")
-    walk(ctx, msg, section="", container="", depth=1, arch_depth=0, prefix="")
+    top = mime.Node.parse(data)
+    ctx.headers = decoded_headers(top.info)
+    ctx.subject = scan_headers(ctx, top.info, "")
+    walk(ctx, top, section="", container="", depth=1, arch_depth=0, prefix="")
 
 
 def walk(
     ctx: Context,
-    part: Message,
+    part: mime.Node,
     *,
     section: str,
     container: str,
@@ -254,20 +253,17 @@ def walk(
     if ctx.mime_parts > ctx.limits.mime_parts:
         raise LimitReached("MIME part limit reached")
     for defect in part.defects:
-        ctx.defect(f"{container + '/' if container else ''}{where}", type(defect).__name__)
-    ctype = mime.content_type(part)
-    payload = part.get_payload()
-    if isinstance(payload, list):
+        ctx.defect(f"{container + '/' if container else ''}{where}", defect)
+    ctype = mime.content_type(part.info)
+    if part.kind != "leaf":
         if section.count(".") + 1 > ctx.limits.mime_depth:
             ctx.note_unscannable("MIME depth limit reached")
             return
-        if ctype == "message/rfc822" or (
-            ctype.startswith("message/") and payload and isinstance(payload[0], Message)
-        ):
+        if part.kind == "message":
             attached(
                 ctx,
                 part,
-                payload,
+                next(part.parts()),
                 section=section or "1",
                 container=container,
                 depth=depth,
@@ -275,9 +271,7 @@ def walk(
             )
             return
         subtype = ctype.split("/", 1)[1] if ctype.startswith("multipart/") else "mixed"
-        for i, child in enumerate(payload, 1):
-            if not isinstance(child, Message):
-                continue
+        for i, child in enumerate(part.parts(), 1):
             walk(
                 ctx,
                 child,
@@ -304,8 +298,8 @@ def walk(
 
 def attached(
     ctx: Context,
-    part: Message,
-    payload: list[Message | str],
+    part: mime.Node,
+    inner: mime.Node,
     *,
     section: str,
     container: str,
@@ -313,49 +307,34 @@ def attached(
     arch_depth: int,
 ) -> None:
     """A message/rfc822 part: recorded as an attachment, its headers and parts walked."""
-    inner = payload[0]
-    if not isinstance(inner, Message):
-        return
-    cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
-    if cte in ("base64", "quoted-printable") and not inner.keys():
+    cte = str(part.info.get("Content-Transfer-Encoding", "")).strip().lower()
+    if cte in ("base64", "quoted-printable") and not inner.info.keys() and inner.kind == "leaf":
         # RFC 2046 forbids encoding message/rfc822, but mailers do it: decode, then parse.
-        carrier = Message()
-        carrier["Content-Transfer-Encoding"] = cte
-        carrier.set_payload(inner.get_payload())
-        raw, _problem = mime.payload_bytes(carrier)
-        inner = email.message_from_bytes(raw, policy=email.policy.compat32)
-    name = mime.filename(part) or f"{section}.eml"
+        inner.info["Content-Transfer-Encoding"] = cte
+        raw, _problem = mime.payload_bytes(inner)
+        inner = mime.Node.parse(raw)
+    name = mime.filename(part.info) or f"{section}.eml"
     path = f"{container}/{name}" if container else name
     ctx.parts.append(
         Part(
             path=path,
-            filename=mime.filename(part),
+            filename=mime.filename(part.info),
             declared_type="message/rfc822",
             true_type="message/rfc822",
             extension=filetype.extension(name),
-            size=_message_size(inner),
+            size=inner.size(),
             depth=depth,
             flags=frozenset({ATTACHMENT}),
         )
     )
     src = f"attachment:{path}:"
-    scan_headers(ctx, inner, src)
+    scan_headers(ctx, inner.info, src)
     walk(ctx, inner, section="", container=path, depth=depth + 1, arch_depth=arch_depth, prefix=src)
-
-
-def _message_size(msg: Message) -> int:
-    """Approximate size of a parsed attached message: its encoded leaf payloads."""
-    total = 0
-    for sub in msg.walk():
-        payload = sub.get_payload()
-        if isinstance(payload, str):
-            total += len(payload)
-    return total
 
 
 def leaf(
     ctx: Context,
-    part: Message,
+    part: mime.Node,
     ctype: str,
     *,
     section: str,
@@ -366,8 +345,8 @@ def leaf(
     parent: str,
 ) -> None:
     """A MIME leaf: a body text part, a signature or encrypted blob, or a file."""
-    name = mime.filename(part)
-    disp = mime.disposition(part)
+    name = mime.filename(part.info)
+    disp = mime.disposition(part.info)
     data, problem = mime.payload_bytes(part)
     where = f"{container}/{section}" if container else section
     if problem:
@@ -388,7 +367,7 @@ def leaf(
         )
         return
     if ctype in _PKCS7_MIME or filetype.extension(name) in ("p7m",):
-        smime = str(part.get_param("smime-type") or "").lower()
+        smime = str(part.info.get_param("smime-type") or "").lower()
         if "signed" in smime:
             flags, reason = {SIGNED, UNSCANNABLE}, "opaque S/MIME signed data"
         else:
@@ -428,7 +407,7 @@ def _plain_part(
 
 
 def body(
-    ctx: Context, part: Message, ctype: str, data: bytes, *, where: str, depth: int, prefix: str
+    ctx: Context, part: mime.Node, ctype: str, data: bytes, *, where: str, depth: int, prefix: str
 ) -> None:
     """A text or HTML body: its text feeds detectors, its top and bottom lines may be markings."""
     true_type = filetype.sniff(data)
@@ -437,7 +416,13 @@ def body(
     ext = ""
     if filetype.is_executable(true_type, ext) and not true_type.startswith("text/"):
         flags |= {EXECUTABLE, MISMATCH, ATTACHMENT}
-    text = mime.decode_text(data, mime.part_charset(part))
+    # Decode no more than the text limit can keep (markup aside): a 25 MB body must not
+    # become 25 MB of str and a list of its lines. No charset yields more characters
+    # than bytes, so a plain body loses nothing the limit would have kept.
+    window = ctx.limits.text_bytes * (4 if ctype == "text/html" else 1)
+    if len(data) > window:
+        ctx.note_unscannable("text limit reached")
+    text = mime.decode_text(data[:window], mime.part_charset(part.info))
     if ctype == "text/html":
         text = mime.html_to_text(text)
     if "-----BEGIN PGP MESSAGE-----" in text:
@@ -573,6 +558,8 @@ def _content(
     elif kind == "message" or declared == "message/rfc822" or ext == "eml":
         _message_file(ctx, data, path=path, depth=depth, arch_depth=arch_depth)
     elif kind == "text" or true_type in ("application/csv", "application/json", "application/xml"):
+        if len(data) > ctx.limits.text_bytes:
+            ctx.note_unscannable("text limit reached")
         text = mime.decode_text(data[: ctx.limits.text_bytes], None)
         if true_type == "text/html":
             text = mime.html_to_text(text)
@@ -934,7 +921,7 @@ def _tar(
 
 def _message_file(ctx: Context, data: bytes, *, path: str, depth: int, arch_depth: int) -> None:
     """A message stored as a file (``.eml`` attachment, member of a zip): walked like mail."""
-    msg = email.message_from_bytes(data, policy=email.policy.compat32)
+    msg = mime.Node.parse(data)
     src = f"attachment:{path}:"
-    scan_headers(ctx, msg, src)
+    scan_headers(ctx, msg.info, src)
     walk(ctx, msg, section="", container=path, depth=depth + 1, arch_depth=arch_depth, prefix=src)

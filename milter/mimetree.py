@@ -1,0 +1,158 @@
+"""Byte-level MIME splitting, shared by the inspector and the rewriter.
+
+Both need to know where a header block ends and where the parts of a multipart
+begin, and they must agree on it: the rewriter strips the attachment the inspector
+reported, not its neighbour. So the rules live here once, and they are CPython's
+feedparser's (the header-line test, the empty-line separator, boundary lines with
+optional trailing blanks), applied to bytes instead of decoded line strings.
+
+Working on ``memoryview`` slices of the original bytes is the point: the stdlib
+parser turns a message into a str, a list of line strings and joined payload
+strings, several copies of every attachment. Here a part is a pair of offsets into
+the one buffer the message already occupies; only header fields are copied.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+# The header-line test of CPython's feedparser (``headerRE``), so a message splits
+# here exactly where ``email`` would split it.
+FIELD = re.compile(rb"^(From |[\041-\071\073-\176]*:|[\t ])")
+LINE_END = re.compile(rb"\r\n|\r|\n")
+
+Buffer = bytes | memoryview
+
+
+def eol_of(data: Buffer) -> bytes:
+    """The message's line ending; like ``email``, a bare CR counts as one."""
+    m = LINE_END.search(data)
+    return m.group() if m else b"\r\n"
+
+
+@dataclass
+class Head:
+    """Where an entity's header block ends.
+
+    ``prefix`` is an mbox ``From`` line (only taken at the top level), ``fields`` the
+    header fields with their continuation lines and line ends, ``sep`` the empty line
+    ending the block (empty when there is none) and ``body_start`` the offset of the
+    body. ``missing_sep`` says a non-header line started the body without an empty
+    line first, which ``email`` reports as ``MissingHeaderBodySeparatorDefect``.
+    """
+
+    prefix: bytes
+    fields: list[bytes]
+    sep: bytes
+    body_start: int
+    missing_sep: bool
+
+
+def split_head(raw: Buffer, *, top: bool = False) -> Head:
+    """Split ``raw`` into header fields and the body offset, copying only the fields."""
+    view = memoryview(raw)
+    size = len(view)
+    prefix = b""
+    pos = 0
+    if top and view[:5].tobytes() == b"From ":
+        m = LINE_END.search(view)
+        pos = m.end() if m else size
+        prefix = bytes(view[:pos])
+    fields: list[bytes] = []
+    sep = b""
+    body_start = size
+    missing = False
+    while pos < size:
+        m = LINE_END.search(view, pos)
+        nxt = m.end() if m else size
+        if m is not None and m.start() == pos:  # an empty line: the separator
+            sep, body_start = m.group(), nxt
+            break
+        if view[pos : pos + 1].tobytes() in (b" ", b"\t") and fields:
+            fields[-1] += view[pos:nxt]
+        elif FIELD.match(view[pos:nxt]):  # includes a stray continuation or "From " line
+            fields.append(bytes(view[pos:nxt]))
+        else:  # not a header: the body starts without an empty line
+            body_start = pos
+            missing = True
+            break
+        pos = nxt
+    return Head(prefix, fields, sep, body_start, missing)
+
+
+def header_info(fields: Sequence[bytes], default_type: str = "text/plain") -> Message:
+    """The header block as a headers-only ``Message`` (``compat32``), with its defects."""
+    info = BytesHeaderParser(policy=compat32).parsebytes(b"".join(fields) + b"\n")
+    info.set_default_type(default_type)
+    return info
+
+
+def boundary_of(info: Message) -> bytes | None:
+    """The multipart boundary as bytes; None when missing, unparsable or unmatchable.
+
+    A boundary that is not ASCII (a decoded RFC 2231 value) can never match a line
+    ``email`` reads, since it compares against bytes decoded as ASCII: none it is.
+    """
+    try:
+        boundary = info.get_boundary()
+    except (ValueError, LookupError, IndexError):
+        return None
+    if boundary is None:
+        return None
+    try:
+        return boundary.encode("ascii", "surrogateescape")
+    except UnicodeEncodeError:
+        return None
+
+
+@dataclass(frozen=True)
+class Delimiter:
+    """One boundary line in a multipart body.
+
+    ``at`` is where its ``--`` starts, ``start`` that minus the line end before it
+    (RFC 2046: the line end belongs to the delimiter, not to the part before), ``end``
+    the offset after its own line end, ``close`` whether it is the closing one.
+    """
+
+    start: int
+    at: int
+    end: int
+    close: bool
+
+
+def delimiters(body: Buffer, boundary: bytes) -> Iterator[Delimiter]:
+    """Every boundary line of ``body`` in order, closing ones included; lazily.
+
+    A line is a delimiter when it is ``--boundary``, optionally ``--`` after it, then
+    only blanks up to the line end (feedparser's ``boundaryre``); a boundary folded
+    over lines (``compat32`` keeps the line end) therefore matches nothing. Callers decide what
+    follows a closing delimiter: the rewriter stops there, the inspector follows
+    ``email`` in swallowing delimiter lines that come straight after another.
+    """
+    if b"\r" in boundary or b"\n" in boundary:
+        return  # email compares line by line: a boundary spanning lines matches none
+    # A literal first, so ``re`` scans for it as fast as ``bytes.find``; the check that
+    # it starts a line comes after, on the few places it occurs.
+    pattern = re.compile(b"--" + re.escape(boundary) + rb"(--)?[ \t]*(?=[\r\n]|\Z)")
+    view = memoryview(body)
+    for m in pattern.finditer(view):
+        at = m.start()
+        if at and view[at - 1] not in (10, 13):  # not at the start of a line
+            continue
+        start = at
+        if at >= 2 and view[at - 2 : at].tobytes() == b"\r\n":
+            start -= 2
+        elif at >= 1:  # a lone LF or CR
+            start -= 1
+        end = m.end()
+        after = view[end : end + 2].tobytes()
+        if after == b"\r\n":
+            end += 2
+        elif after[:1] in (b"\n", b"\r"):
+            end += 1
+        yield Delimiter(start, at, end, bool(m.group(1)))
