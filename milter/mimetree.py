@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from email.errors import MessageError
+from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -27,6 +29,22 @@ FIELD = re.compile(rb"^(From |[\041-\071\073-\176]*:|[\t ])")
 LINE_END = re.compile(rb"\r\n|\r|\n")
 
 Buffer = bytes | memoryview
+_FOLD = re.compile(r"(?:\r\n|\r|\n)[ \t]")
+
+
+def decode_words(value: str) -> str:
+    """A header value unfolded, RFC 2047 words decoded; as written when they cannot be.
+
+    Header values come from strangers: an unknown charset, bad base64 or a broken
+    encoded word must leave the text readable, never raise.
+    """
+    text = _FOLD.sub(" ", value).strip()
+    if "=?" not in text:
+        return text
+    try:
+        return str(make_header(decode_header(text)))
+    except (ValueError, LookupError, UnicodeError, MessageError):
+        return text
 
 
 def eol_of(data: Buffer) -> bytes:

@@ -22,7 +22,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from email.header import decode_header, make_header
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formataddr, formatdate, make_msgid
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from milter.config import NoticesConfig
 from milter.envelope import domain_of
+from milter.mimetree import decode_words
 from milter.policy.verdict import RecipientVerdict, RuleResult, Verdict
 from milter.quarantine.store import QuarantineRecord
 
@@ -373,15 +373,6 @@ def _header_block(original: bytes) -> bytes:
     return b"".join(line + b"\r\n" for line in lines if line)
 
 
-def _decode_words(value: str) -> str:
-    """An RFC 2047 header value in plain text; as written when it cannot be decoded."""
-    flat = re.sub(r"\r?\n[ \t]", " ", value).strip()
-    try:
-        return str(make_header(decode_header(flat)))
-    except (ValueError, LookupError, UnicodeError):
-        return flat
-
-
 def _ascii(text: str) -> str:
     return _one_line(text, 900).encode("ascii", "replace").decode("ascii")
 
@@ -426,7 +417,7 @@ def dsn(
     headers = _header_block(original)
     if subject is None:
         m = re.search(rb"(?im)^subject:[ \t]*(.*(?:\r?\n[ \t].*)*)", headers)
-        subject = _decode_words(m.group(1).decode("utf-8", "replace")) if m else ""
+        subject = decode_words(m.group(1).decode("utf-8", "replace")) if m else ""
     human_failed = _bullets(f"{e.address}: {_one_line(e.diagnostic or e.status)}" for e in entries)
     values = {
         "subject": _one_line(subject) or "(tanpa subjek / no subject)",

@@ -58,12 +58,13 @@ import html
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from email.header import Header, decode_header, make_header
+from email.header import Header
 from email.message import Message
 from typing import Any
 
 from milter import mimetree
 from milter.config import parse_size
+from milter.mimetree import decode_words
 from milter.policy.verdict import Rewrite
 
 Sniffer = Callable[[bytes], str]
@@ -295,11 +296,7 @@ def _encode_into(ent: _Entity, content: bytes, cte: str) -> None:
 
 
 def _decoded(value: bytes) -> str:
-    text = re.sub(r"(?:\r\n|\r|\n)[ \t]", " ", value.decode("utf-8", "replace")).strip()
-    try:
-        return str(make_header(decode_header(text)))
-    except (ValueError, LookupError, UnicodeError, binascii.Error):
-        return text
+    return decode_words(value.decode("utf-8", "replace"))
 
 
 def _encode_value(value: str, eol: bytes, name: str) -> bytes:

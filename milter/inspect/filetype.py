@@ -264,7 +264,9 @@ _DECLARED_KIND = {
     "application/pdf": {"pdf"},
     "application/zip": {"zip", "ooxml", "odf"},
     "application/x-zip-compressed": {"zip", "ooxml", "odf"},
-    "application/msword": {"ole", "rtf", "ooxml"},
+    # Word and Excel open HTML and text saved under their names: "Save as .doc" and
+    # the "export to Excel" of many web applications produce exactly that.
+    "application/msword": {"ole", "rtf", "ooxml", "text"},
     "application/vnd.ms-excel": {"ole", "ooxml", "text"},
     "application/vnd.ms-powerpoint": {"ole", "ooxml"},
     "image/jpeg": {"image"},

@@ -11,15 +11,14 @@ surrogates) and returns text.
 from __future__ import annotations
 
 import binascii
-import contextlib
 import email.header
 import html
 import re
 from collections.abc import Iterator
-from email.errors import HeaderParseError
 from email.message import Message
 
 from milter import mimetree
+from milter.mimetree import decode_words
 
 _WS = re.compile(r"\s+")
 _ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
@@ -49,8 +48,7 @@ def decode_header_value(value: object) -> str:
     text = value if isinstance(value, str) else str(value)
     text = clean(text)
     if "=?" in text and _ENCODED_WORD.search(text):
-        with contextlib.suppress(LookupError, UnicodeError, ValueError, HeaderParseError):
-            text = str(email.header.make_header(email.header.decode_header(text)))
+        text = decode_words(text)
     return _WS.sub(" ", clean(text)).strip()
 
 

@@ -258,3 +258,13 @@ def test_shipped_templates_have_both_languages(name: str) -> None:
     text = Templates.load().texts[name]
     assert text.startswith("Subject: ")
     assert text.index("[Bahasa Indonesia]") < text.index("[English]")
+
+
+def test_dsn_subject_with_a_broken_encoded_word() -> None:
+    from milter.actions.notices import FailedRecipient, dsn
+    from milter.config import NoticesConfig
+
+    original = b"Subject: =?\x80utf-8?q?laporan?=\r\nFrom: a@dinas.jakarta.go.id\r\n\r\nisi\r\n"
+    data = dsn(NoticesConfig(), original=original, sender="a@dinas.jakarta.go.id",
+               failed=[FailedRecipient("x@example.org")], reporting_mta="gw.test")
+    assert b"multipart/report" in data

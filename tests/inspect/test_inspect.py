@@ -181,6 +181,23 @@ def test_executable_renamed_and_macro_and_scripts() -> None:
     assert MISMATCH not in part(f, "nota.docm").flags
 
 
+def test_office_names_holding_html_or_text_are_not_disguises() -> None:
+    table = b"<html><body><table><tr><td>Realisasi</td><td>1200</td></tr></table></body></html>"
+    f = inspect_message(
+        b.eml(
+            attachments=(
+                ("laporan.doc", "application/msword", table),
+                ("rekap.xls", "application/vnd.ms-excel", table),
+                ("data.xls", "application/vnd.ms-excel", b"nama;nilai\nAndi;10\n" * 20),
+                ("gambar.jpg", "image/jpeg", table),
+            )
+        )
+    )
+    for name in ("laporan.doc", "rekap.xls", "data.xls"):
+        assert MISMATCH not in part(f, name).flags, name
+    assert MISMATCH in part(f, "gambar.jpg").flags
+
+
 def test_attached_message_labels_and_tar_gz() -> None:
     inner = b.eml("Isi.", subject="[RAHASIA] asli", headers={"X-Classification": "Internal"})
     tgz = b.tar({"dok/nota.txt": b"SANGAT RAHASIA\nisi nota\n"}, gz=True)

@@ -103,3 +103,13 @@ def test_arbitrary_bytes(data: bytes) -> None:
 def test_damaged_messages(top: bytes, cut: int, junk: bytes) -> None:
     data = message(top, "x")
     check(data[:cut] + junk + data[cut:])
+
+
+def test_encoded_word_with_a_broken_charset_name() -> None:
+    # Found by test_damaged_messages: a stray byte inside "=?utf-8?..." names a
+    # charset the email package refuses with CharsetError (not a ValueError).
+    top = (b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 7bit\r\n"
+           b'Content-Disposition: attachment; filename="=?\x80utf-8?b?bGFwb3Jhbi5wZGY=?="\r\n\r\n')
+    found = check(message(top, "=?\x80utf-8?q?x?="))
+    [part] = [p for p in found.parts if p.filename]
+    assert "bGFwb3Jhbi5wZGY=" in (part.filename or "")
