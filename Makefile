@@ -44,6 +44,8 @@ lint: $(STAMP)
 	$(BIN)/mypy milter
 
 bench: deps $(STAMP)
+	$(BIN)/python -m bench.bench_inspect --rounds 300 --big
+	$(BIN)/python -m bench.bench_policy --rounds 3000
 	$(BIN)/python bench/run.py
 
 clean:
