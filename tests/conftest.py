@@ -137,7 +137,7 @@ class GatewayProcess:
     def __init__(self, tmp: Path, settings: dict[str, Any]) -> None:
         self.port = free_port()
         self.tmp = tmp
-        self.config_path = tmp / "gateway.yaml"
+        self.config_path = tmp / f"gateway-{self.port}.yaml"   # one per node
         cfg: dict[str, Any] = {
             "listen": [f"127.0.0.1:{self.port}"], "hostname": "gw.test.jakarta.go.id",
             "clients": ["127.0.0.0/8"], "shutdown_grace": "5s",
@@ -146,7 +146,7 @@ class GatewayProcess:
         cfg.update(settings)
         self.port = int(str(cfg["listen"][0]).rsplit(":", 1)[1])
         self.config_path.write_text(yaml.safe_dump(cfg))
-        self.log_path = tmp / "gateway.log"
+        self.log_path = tmp / f"gateway-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> GatewayProcess:
