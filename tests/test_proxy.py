@@ -394,3 +394,21 @@ def test_received_says_smtp_after_helo(sink: Sink, gateway_factory) -> None:
     [got] = sink.wait_for(1)
     assert b"from old.client.example ([127.0.0.1])" in got.data
     assert b"(milter) with SMTP id " in got.data
+
+
+def test_config_check(tmp_path: Path) -> None:
+    good = subprocess.run([sys.executable, "-m", "milter", "-c", "examples/gateway.yaml",
+                           "config", "check"], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT)
+    assert good.returncode == 0, good.stderr
+    assert "gateway.yaml: ok (1 policy file(s)" in good.stdout
+    bad_policy = tmp_path / "p.yaml"
+    bad_policy.write_text("version: 1\nrules:\n  - name: x\n    when: {size: {over: lots}}\n"
+                          "    then: [quarantine]\n")
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(f"policy: {bad_policy}\nquarantine: {{database: 'sqlite:///{tmp_path}/q',"
+                   f" spool: {tmp_path}/s}}\n")
+    bad = subprocess.run([sys.executable, "-m", "milter", "-c", str(cfg), "config", "check"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert bad.returncode == 1
+    assert f"{bad_policy}:4:" in bad.stderr and "Traceback" not in bad.stderr

@@ -23,6 +23,27 @@ from milter.config import GatewayConfig
 def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the gateway until SIGTERM (SIGHUP reloads policy)")
     p.set_defaults(func=serve)
+    cfg = sub.add_parser("config", help="the gateway configuration")
+    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="COMMAND")
+    cfg_sub.required = True
+    check = cfg_sub.add_parser(
+        "check", help="validate the configuration, its policy, quarantine and keys; serve nothing"
+    )
+    check.set_defaults(func=config_check)
+
+
+def config_check(args: argparse.Namespace) -> int:
+    """What ``serve`` validates before binding, for ExecStartPre and for humans."""
+    from milter.cli import load_config
+
+    config = load_config(args)
+    components = build_components(config)
+    store = components.get("store")
+    if store is not None:
+        store.close()
+    policy = f"{len(config.policy)} policy file(s)" if config.policy else "no policy (pass-through)"
+    print(f"{config.path}: ok ({policy}, upstream {config.upstream.url})")
+    return 0
 
 
 def serve(args: argparse.Namespace) -> int:
