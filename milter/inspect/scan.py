@@ -327,9 +327,7 @@ def attached(
             flags=frozenset({ATTACHMENT}),
         )
     )
-    src = f"attachment:{path}:"
-    scan_headers(ctx, inner.info, src)
-    walk(ctx, inner, section="", container=path, depth=depth + 1, arch_depth=arch_depth, prefix=src)
+    _inner_message(ctx, inner, path=path, depth=depth, arch_depth=arch_depth)
 
 
 def leaf(
@@ -556,7 +554,7 @@ def _content(
         else:
             state.unscannable(f"{kind} archive not opened")
     elif kind == "message" or declared == "message/rfc822" or ext == "eml":
-        _message_file(ctx, data, path=path, depth=depth, arch_depth=arch_depth)
+        _inner_message(ctx, mime.Node.parse(data), path=path, depth=depth, arch_depth=arch_depth)
     elif kind == "text" or true_type in ("application/csv", "application/json", "application/xml"):
         if len(data) > ctx.limits.text_bytes:
             ctx.note_unscannable("text limit reached")
@@ -571,6 +569,34 @@ def _nested_ok(ctx: Context, state: _FileState, arch_depth: int) -> bool:
         state.unscannable("archive depth limit reached")
         return False
     return True
+
+
+def _next_entry(ctx: Context, state: _FileState) -> bool:
+    """Count one more member of a container; False once the message-wide entry limit is
+    passed, so members five archives deep count against the same limit as top-level ones."""
+    ctx.entries += 1
+    if ctx.entries > ctx.limits.archive_entries:
+        state.unscannable("archive entry limit reached")
+        return False
+    return True
+
+
+def _unpacked(
+    ctx: Context, content: bytes, *, name: str, path: str, depth: int, arch_depth: int
+) -> None:
+    """A file taken out of a container (archive member, compressed stream, embedded
+    object): charged to the message, then examined one level deeper than its container.
+    It has no declared type: only a MIME part declares one."""
+    ctx.charge(len(content))
+    examine(
+        ctx,
+        content,
+        name=name,
+        declared="",
+        path=path,
+        depth=depth + 1,
+        arch_depth=arch_depth + 1,
+    )
 
 
 def _zip(
@@ -614,31 +640,22 @@ def _zip_members(
         ctx.check_time()
         if info.is_dir():
             continue
-        ctx.entries += 1
-        if ctx.entries > limits.archive_entries:
-            state.unscannable("archive entry limit reached")
+        if not _next_entry(ctx, state):
             return
         member = f"{path}/{info.filename}"
         name = info.filename.rsplit("/", 1)[-1]
-        ext = filetype.extension(name)
         if info.flag_bits & 0x1:
             state.flags.add(ENCRYPTED)
             state.unscannable("encrypted archive entries")
-            flags = {ATTACHMENT, ENCRYPTED, UNSCANNABLE}
-            if filetype.is_executable("", ext):
-                flags.add(EXECUTABLE)
-            ctx.parts.append(
-                Part(
-                    path=member,
-                    filename=name,
-                    declared_type="",
-                    true_type="application/octet-stream",
-                    extension=ext,
-                    size=info.file_size,
-                    depth=depth + 1,
-                    flags=frozenset(flags),
-                    reason="encrypted archive entry",
-                )
+            _skipped(
+                ctx,
+                state,
+                member,
+                name,
+                size=info.file_size,
+                depth=depth + 1,
+                reason="encrypted archive entry",
+                extra={ENCRYPTED},
             )
             continue
         ratio = info.file_size / max(info.compress_size, 1)
@@ -680,24 +697,26 @@ def _zip_members(
             )
             continue
         ctx.expanded += len(content)
-        ctx.charge(len(content))
-        examine(
-            ctx,
-            content,
-            name=name,
-            declared="",
-            path=member,
-            depth=depth + 1,
-            arch_depth=arch_depth + 1,
-        )
+        _unpacked(ctx, content, name=name, path=member, depth=depth, arch_depth=arch_depth)
 
 
 def _skipped(
-    ctx: Context, state: _FileState, member: str, name: str, *, size: int, depth: int, reason: str
+    ctx: Context,
+    state: _FileState,
+    member: str,
+    name: str,
+    *,
+    size: int,
+    depth: int,
+    reason: str,
+    extra: Iterable[str] = (),
 ) -> None:
+    """An archive member left unopened: recorded as a part of its own, typed by its name only,
+    so a policy still sees an ``.exe`` it could not read. The container keeps the first
+    reason it was given (see ``_FileState.unscannable``)."""
     state.unscannable(reason)
     ext = filetype.extension(name)
-    flags = {ATTACHMENT, UNSCANNABLE}
+    flags = {ATTACHMENT, UNSCANNABLE, *extra}
     if ext in filetype.EXECUTABLE_EXTENSIONS:
         flags.add(EXECUTABLE)
     ctx.parts.append(
@@ -767,19 +786,10 @@ def _embedded(
     if not files or not _nested_ok(ctx, state, arch_depth):
         return
     for name, content in files:
-        ctx.entries += 1
-        if ctx.entries > ctx.limits.archive_entries:
-            state.unscannable("archive entry limit reached")
+        if not _next_entry(ctx, state):
             return
-        ctx.charge(len(content))
-        examine(
-            ctx,
-            content,
-            name=name,
-            declared="",
-            path=f"{path}/{name}",
-            depth=depth + 1,
-            arch_depth=arch_depth + 1,
+        _unpacked(
+            ctx, content, name=name, path=f"{path}/{name}", depth=depth, arch_depth=arch_depth
         )
 
 
@@ -855,21 +865,12 @@ def _compressed(
         state.unscannable("expansion limit reached")
         return
     ctx.expanded += len(out)
-    ctx.charge(len(out))
     base = path.rsplit("/", 1)[-1]
     inner = base.rsplit(".", 1)[0] if "." in base else base + ".out"
     if base.lower().endswith(".tgz"):
         inner = base[:-4] + ".tar"
     ctx.entries += 1
-    examine(
-        ctx,
-        out,
-        name=inner,
-        declared="",
-        path=f"{path}/{inner}",
-        depth=depth + 1,
-        arch_depth=arch_depth + 1,
-    )
+    _unpacked(ctx, out, name=inner, path=f"{path}/{inner}", depth=depth, arch_depth=arch_depth)
 
 
 def _tar(
@@ -884,10 +885,9 @@ def _tar(
                 ctx.check_time()
                 if not info.isfile():
                     continue
-                ctx.entries += 1
-                if ctx.entries > ctx.limits.archive_entries:
-                    state.unscannable("archive entry limit reached")
+                if not _next_entry(ctx, state):
                     return
+                member = f"{path}/{info.name}"
                 name = info.name.rsplit("/", 1)[-1]
                 fh = tf.extractfile(info)
                 if fh is None:
@@ -897,7 +897,7 @@ def _tar(
                     _skipped(
                         ctx,
                         state,
-                        f"{path}/{info.name}",
+                        member,
                         name,
                         size=info.size,
                         depth=depth + 1,
@@ -905,23 +905,15 @@ def _tar(
                     )
                     continue
                 ctx.expanded += len(content)
-                ctx.charge(len(content))
-                examine(
-                    ctx,
-                    content,
-                    name=name,
-                    declared="",
-                    path=f"{path}/{info.name}",
-                    depth=depth + 1,
-                    arch_depth=arch_depth + 1,
-                )
+                _unpacked(ctx, content, name=name, path=member, depth=depth, arch_depth=arch_depth)
     except _TAR_ERRORS as exc:
         state.unscannable(f"unreadable tar: {type(exc).__name__}")
 
 
-def _message_file(ctx: Context, data: bytes, *, path: str, depth: int, arch_depth: int) -> None:
-    """A message stored as a file (``.eml`` attachment, member of a zip): walked like mail."""
-    msg = mime.Node.parse(data)
+def _inner_message(ctx: Context, msg: mime.Node, *, path: str, depth: int, arch_depth: int) -> None:
+    """A message inside the message (a message/rfc822 part, an ``.eml`` attachment, a
+    member of a zip): its headers and parts are walked like mail, with every source
+    named after the file it sits in."""
     src = f"attachment:{path}:"
     scan_headers(ctx, msg.info, src)
     walk(ctx, msg, section="", container=path, depth=depth + 1, arch_depth=arch_depth, prefix=src)
