@@ -148,6 +148,11 @@ class Context:
         if marking is not None:
             self.add_label(marking.raw, source, marking.level)
 
+    def add_subject(self, subject: str, source: str) -> None:
+        """Label the markings a subject carries: a message's, an attached one's, a TNEF one's."""
+        for raw in labels.subject_markings(subject, self.scheme):
+            self.add_label(raw, source, self.scheme.resolve(raw))
+
     def add_text(self, text: str, source: str, *, marks_all: bool = False) -> None:
         """Keep text for detectors and content rules, and read marking lines from it."""
         if not text:
@@ -204,8 +209,7 @@ def scan_headers(ctx: Context, msg: Message, prefix: str) -> str:
                 ctx.add_marking(m, source)
         else:
             ctx.add_marking(labels.value_marking(text, scheme), source)
-    for raw in labels.subject_markings(subject, scheme):
-        ctx.add_label(raw, f"{prefix}subject", scheme.resolve(raw))
+    ctx.add_subject(subject, f"{prefix}subject")
     return subject
 
 
@@ -830,8 +834,7 @@ def _tnef(
     except (DocumentError, struct.error) as exc:
         state.unscannable(f"unreadable TNEF: {exc}")
         return
-    for raw in labels.subject_markings(tnef.subject, ctx.scheme):
-        ctx.add_label(raw, f"{src}:subject", ctx.scheme.resolve(raw))
+    ctx.add_subject(tnef.subject, f"{src}:subject")
     ctx.add_text(tnef.body, f"{src}:body")
     _embedded(ctx, state, tnef.attachments, path=path, depth=depth, arch_depth=arch_depth)
 
