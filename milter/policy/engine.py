@@ -11,6 +11,7 @@ deliver), rewrites accumulate in rule order.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from milter.envelope import Envelope
@@ -20,6 +21,7 @@ from milter.policy.conditions import Context, DomainSet, Selector
 from milter.policy.schema import Compiled, Rule, Template, compile_sources
 from milter.policy.verdict import (
     SEVERITY,
+    Action,
     Notify,
     RecipientVerdict,
     Rewrite,
@@ -167,9 +169,7 @@ class Policy:
             hit = message_level.get(i)
             if hit is None:
                 hit = message_level[i] = self._match(rule, ctx)
-                results[i].append(
-                    RuleResult(rule.name, hit[0], rule.mode, rule.clause, rule.description, hit[1])
-                )
+                results[i].append(_result(rule, *hit))
             return hit
 
         def tell(rule: Rule, targets: Sequence[str]) -> None:
@@ -184,31 +184,11 @@ class Policy:
             for i, rule in enumerate(rules):
                 if stopped is not None:
                     if rule.per_recipient:
-                        results[i].append(
-                            RuleResult(
-                                rule.name,
-                                False,
-                                rule.mode,
-                                rule.clause,
-                                rule.description,
-                                _stopped(stopped),
-                                address,
-                            )
-                        )
+                        results[i].append(_result(rule, False, _stopped(stopped), address))
                     continue
                 hit, reasons = outcome(i, rule)
                 if rule.per_recipient:
-                    results[i].append(
-                        RuleResult(
-                            rule.name,
-                            hit,
-                            rule.mode,
-                            rule.clause,
-                            rule.description,
-                            reasons,
-                            address,
-                        )
-                    )
+                    results[i].append(_result(rule, hit, reasons, address))
                 if not hit:
                     continue
                 if rule.mode != "enforce":
@@ -233,16 +213,7 @@ class Policy:
         for i, rule in enumerate(rules):
             if not results[i] and not rule.per_recipient:
                 if envelope.rcpt_tos:
-                    results[i].append(
-                        RuleResult(
-                            rule.name,
-                            False,
-                            rule.mode,
-                            rule.clause,
-                            rule.description,
-                            _stopped(last_stop or "?"),
-                        )
-                    )
+                    results[i].append(_result(rule, False, _stopped(last_stop or "?")))
                 else:
                     outcome(i, rule)
         return Verdict(
@@ -305,32 +276,21 @@ class Policy:
         for r in decisive:
             rewrites.extend(self._rewrites(r, rendered, values))
             bcc.extend(b for b in r.bcc if b not in bcc)
-        if kind == "quarantine":
-            return (
-                RecipientVerdict(
-                    address,
-                    "quarantine",
-                    None,
-                    names,
-                    tuple(clauses),
-                    rewrites=tuple(rewrites),
-                    bcc=tuple(bcc),
-                ),
-                decisive,
-            )
-        route = winner.route if winner is not None and winner.route else "upstream"
-        return (
-            RecipientVerdict(
-                address,
-                "deliver",
-                route,
-                names,
-                tuple(clauses),
-                rewrites=tuple(rewrites),
-                bcc=tuple(bcc),
-            ),
-            decisive,
+        # A route (to ``upstream`` or elsewhere) delivers; only a delivery has a route.
+        action: Action = "quarantine" if kind == "quarantine" else "deliver"
+        route = None
+        if action == "deliver":
+            route = winner.route if winner is not None and winner.route else "upstream"
+        verdict = RecipientVerdict(
+            address,
+            action,
+            route,
+            names,
+            tuple(clauses),
+            rewrites=tuple(rewrites),
+            bcc=tuple(bcc),
         )
+        return verdict, decisive
 
     @staticmethod
     def _rewrites(
@@ -365,17 +325,18 @@ def _collapse(group: list[RuleResult]) -> list[RuleResult]:
         return group
     first = group[0]
     if all(r.matched == first.matched and r.reasons == first.reasons for r in group[1:]):
-        return [
-            RuleResult(
-                first.name,
-                first.matched,
-                first.mode,
-                first.clause,
-                first.description,
-                first.reasons,
-            )
-        ]
+        return [replace(first, recipient=None)]
     return group
+
+
+def _result(
+    rule: Rule, matched: bool, reasons: tuple[str, ...], recipient: str | None = None
+) -> RuleResult:
+    """One entry of the trail: the outcome, told with the rule's own mode, clause and
+    description, for one recipient or (``recipient`` None) for the whole message."""
+    return RuleResult(
+        rule.name, matched, rule.mode, rule.clause, rule.description, reasons, recipient
+    )
 
 
 def _kind(rule: Rule) -> str:
