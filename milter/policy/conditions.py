@@ -679,11 +679,8 @@ class HeaderCondition(Condition):
         key = self.name.casefold()
         values = [v for k, v in ctx.findings.headers if k.casefold() == key]
         if self.pattern is None:
-            if bool(values) == self.present:
-                reasons.append(f"header {self.name} is {'present' if values else 'absent'}")
-                return True
             reasons.append(f"header {self.name} is {'present' if values else 'absent'}")
-            return False
+            return bool(values) == self.present
         for v in values:
             if self.pattern.search(v):
                 reasons.append(f"header {self.name} {v[:80]!r} matches /{self.pattern.pattern}/")
