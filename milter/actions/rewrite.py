@@ -64,6 +64,7 @@ from typing import Any
 
 from milter import mimetree
 from milter.config import parse_size
+from milter.inspect import filetype
 from milter.mimetree import decode_words
 from milter.policy.verdict import Rewrite
 
@@ -83,27 +84,6 @@ SELECTOR_KEYS = frozenset(
         "max_size",
         "any",
     }
-)
-EXECUTABLE_EXTENSIONS = frozenset(
-    {
-        *("exe", "dll", "scr", "com", "pif", "bat", "cmd", "js", "jse", "vbs", "vbe", "wsf"),
-        *("wsh", "hta", "ps1", "psm1", "msi", "msp", "lnk", "jar", "cpl", "reg", "iso", "img"),
-        *("vhd", "vhdx", "sh", "elf", "app", "dmg", "apk"),
-    }
-)
-EXECUTABLE_TYPES = (
-    "application/x-dosexec",
-    "application/x-msdownload",
-    "application/vnd.microsoft.portable-executable",
-    "application/x-executable",
-    "application/x-sharedlib",
-    "application/x-pie-executable",
-    "application/x-mach-binary",
-    "application/x-msi",
-    "application/x-ms-shortcut",
-    "application/java-archive",
-    "text/x-shellscript",
-    "application/x-iso9660-image",
 )
 
 _NAME = re.compile(r"^[!-9;-~]+$")
@@ -547,8 +527,9 @@ def _selected(att: _Attachment, selector: Mapping[str, Any]) -> bool:
         elif key == "true_type":
             ok = _globs(att.true_type, _as_list(value, key))
         elif key == "executable":
-            is_exe = att.extension in EXECUTABLE_EXTENSIONS or att.true_type in EXECUTABLE_TYPES
-            ok = is_exe == bool(value)
+            # The inspector's definition, so that stripping removes exactly what an
+            # ``attachment: {executable: true}`` condition saw as executable.
+            ok = filetype.is_executable(att.true_type, att.extension) == bool(value)
         elif key == "min_size":
             ok = len(att.content) >= parse_size(value)
         elif key == "max_size":

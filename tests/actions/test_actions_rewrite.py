@@ -15,6 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from milter.actions.rewrite import RewriteError, apply, basic_sniff, validate_selector
+from milter.inspect import inspect_message
+from milter.inspect.findings import EXECUTABLE
 from milter.policy.verdict import Rewrite
 from tests.corpus import corpus_root
 
@@ -293,6 +295,24 @@ def test_strip_by_content_catches_renamed_executable() -> None:
         ],
     )
     assert filenames(by_any) == []
+
+
+def test_strip_executable_means_what_the_inspector_flags() -> None:
+    """``executable: true`` strips exactly the files the inspector marks executable."""
+    msg = EmailMessage()
+    msg["Subject"] = "bantuan"
+    msg.set_content("see attached")
+    for name in ("help.chm", "shortcut.url", "addin.xll", "notes.txt"):
+        msg.add_attachment(
+            b"plain words\n", maintype="application", subtype="octet-stream", filename=name
+        )
+    data = msg.as_bytes()
+    flagged = {
+        str(p.filename) for p in inspect_message(data).parts if p.filename and EXECUTABLE in p.flags
+    }
+    assert flagged == {"help.chm", "shortcut.url", "addin.xll"}
+    out = apply(data, [rw("strip_attachments", selector={"executable": True}, reason="r")])
+    assert filenames(out) == ["notes.txt"]
 
 
 def test_strip_uses_given_sniffer() -> None:
