@@ -136,8 +136,16 @@ class Message:
             self.path = None
 
 
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
 class SpoolWriter:
-    """Collects DATA in memory and moves to a temporary file past a threshold."""
+    """Collects DATA in memory and moves to a temporary file past a threshold.
+
+    Bare LF line ends (Unix tools write them; SMTP forbids them) become CRLF on the
+    way in, as Postfix does when it relays: the next hop may refuse bare LF, and the
+    inspector, the rewriter and the next hop then all see the same lines.
+    """
 
     def __init__(self, threshold: int, directory: str | None) -> None:
         self.threshold = threshold
@@ -145,8 +153,19 @@ class SpoolWriter:
         self._buf = bytearray()
         self._fh: tempfile._TemporaryFileWrapper[bytes] | None = None
         self.size = 0
+        self._after_cr = False  # the previous chunk ended with CR: a leading LF ends a CRLF
+
+    def _crlf(self, data: bytes | bytearray) -> bytes | bytearray:
+        after_cr, self._after_cr = self._after_cr, data[-1:] == b"\r"
+        if data.count(b"\n") == data.count(b"\r\n"):
+            return data
+        head = b""
+        if after_cr and data[:1] == b"\n":
+            head, data = b"\n", data[1:]
+        return head + _BARE_LF.sub(b"\r\n", data)
 
     def write(self, data: bytes | bytearray) -> None:
+        data = self._crlf(data)
         self.size += len(data)
         if self._fh is not None:
             self._fh.write(data)
