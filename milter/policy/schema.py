@@ -673,8 +673,7 @@ class Compiler:
             ref = n[1:] if n.startswith("@") else n
             if ref not in self.sets:
                 known = ", ".join(sorted(self.sets)) or "none defined"
-                p = (*path, i) if isinstance(value, list) else path
-                self.fail(p, f"unknown set {ref!r} (known: {known})")
+                self.fail(_item(path, value, i), f"unknown set {ref!r} (known: {known})")
                 return None
             out.append(self.sets[ref])
         return out
@@ -693,7 +692,7 @@ class Compiler:
             entries = self.texts(spec["domain"], (*path, "domain")) or []
             flat: set[str] = set()
             for i, e in enumerate(entries):
-                p = (*path, "domain", i) if isinstance(spec["domain"], list) else (*path, "domain")
+                p = _item((*path, "domain"), spec["domain"], i)
                 if e.startswith("@"):
                     if e[1:] not in self.sets:
                         self.fail(p, f"unknown set {e[1:]!r}")
@@ -740,8 +739,7 @@ class Compiler:
         if "is" in spec:
             names = self.texts(spec["is"], (*path, "is")) or []
             for i, n in enumerate(names):
-                p = (*path, "is", i) if isinstance(spec["is"], list) else (*path, "is")
-                level = self._level(n, p)
+                level = self._level(n, _item((*path, "is"), spec["is"], i))
                 if level is not None:
                     is_.append(level)
         if len(self.errors) != before:
@@ -815,11 +813,7 @@ class Compiler:
         if "keywords" in spec:
             names = self.texts(spec["keywords"], (*path, "keywords")) or []
             for i, n in enumerate(names):
-                p = (
-                    (*path, "keywords", i)
-                    if isinstance(spec["keywords"], list)
-                    else (*path, "keywords")
-                )
+                p = _item((*path, "keywords"), spec["keywords"], i)
                 if n not in self.defs.dictionaries:
                     known = ", ".join(sorted(self.defs.dictionaries)) or "none defined"
                     self.fail(p, f"unknown dictionary {n!r} (known: {known})")
@@ -845,10 +839,7 @@ class Compiler:
             if not pats:
                 self.fail((*path, "regex"), "expected a pattern or a list of patterns")
             compiled = [
-                self.regex(
-                    v, (*path, "regex", i) if isinstance(spec["regex"], list) else (*path, "regex")
-                )
-                for i, v in enumerate(pats)
+                self.regex(v, _item((*path, "regex"), spec["regex"], i)) for i, v in enumerate(pats)
             ]
             conds: list[Condition] = [RegexCondition(c) for c in compiled if c is not None]
             if conds:
@@ -891,7 +882,7 @@ class Compiler:
         out: list[Condition] = []
         ok = True
         for i, item in enumerate(items):
-            p = (*path, i) if isinstance(value, list) else path
+            p = _item(path, value, i)
             spec = self.mapping(item, p, ("name", "regex", "present"))
             if spec is None:
                 ok = False
@@ -1043,16 +1034,14 @@ class Compiler:
         elif kind == "bcc":
             for i, a in enumerate(self.texts(arg, path) or []):
                 if not _ADDRESS.match(a):
-                    self.fail(
-                        (*path, i) if isinstance(arg, list) else path, f"not a mail address: {a!r}"
-                    )
+                    self.fail(_item(path, arg, i), f"not a mail address: {a!r}")
                 else:
                     out["bcc"].append(a)
         else:
             for i, target in enumerate(self.texts(arg, path) or []):
                 if target not in ("sender", "officers") and not _ADDRESS.match(target):
                     self.fail(
-                        (*path, i) if isinstance(arg, list) else path,
+                        _item(path, arg, i),
                         f"expected sender, officers or a mail address, got {target!r}",
                     )
                 else:
@@ -1121,6 +1110,12 @@ def compile_sources(
         rules=rules,
         defaults=not c.defs.levels,
     )
+
+
+def _item(path: KeyPath, value: Any, i: int) -> KeyPath:
+    """Where a problem with item ``i`` of a value written either alone or as a list is
+    reported: at the item when it is a list, at the value itself when it stands alone."""
+    return (*path, i) if isinstance(value, list) else path
 
 
 def _name_at(src: Source, path: KeyPath) -> str | None:
