@@ -94,7 +94,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -392,15 +392,22 @@ class Compiler:
             self._gather_keywords(top["keywords"])
         return top
 
-    def _gather_sets(self, src: Source, value: Any) -> None:
+    def _named(self, value: Any, section: str, what: str) -> Iterator[tuple[str, Any, KeyPath]]:
+        """(name, value, path) of each entry of a top-level mapping of named lists
+        (``domains``, ``keywords``); a section that is no mapping, and each badly named
+        entry, is reported and skipped."""
         if not isinstance(value, dict):
-            self.fail(("domains",), "expected a mapping of set names to lists")
+            self.fail((section,), f"expected a mapping of {what} names to lists")
             return
-        for name, listed in value.items():
-            path: KeyPath = ("domains", name)
+        for name, item in value.items():
+            path: KeyPath = (section, name)
             if not _NAME.match(name):
-                self.fail(path, f"bad set name {name!r}", at_key=True)
+                self.fail(path, f"bad {what} name {name!r}", at_key=True)
                 continue
+            yield name, item, path
+
+    def _gather_sets(self, src: Source, value: Any) -> None:
+        for name, listed, path in self._named(value, "domains", "set"):
             entries = [] if listed is None else listed
             if not isinstance(entries, list):
                 self.fail(path, "expected a list of domains, wildcards, addresses or @sets")
@@ -477,14 +484,7 @@ class Compiler:
                     self.defs.guids[g] = level
 
     def _gather_keywords(self, value: Any) -> None:
-        if not isinstance(value, dict):
-            self.fail(("keywords",), "expected a mapping of dictionary names to lists")
-            return
-        for name, words in value.items():
-            path: KeyPath = ("keywords", name)
-            if not _NAME.match(name):
-                self.fail(path, f"bad dictionary name {name!r}", at_key=True)
-                continue
+        for name, words, path in self._named(value, "keywords", "dictionary"):
             got = self.texts(words, path)
             if got is not None:
                 bucket = self.defs.dictionaries.setdefault(name, [])
