@@ -281,6 +281,17 @@ class Compiler:
                 ok = False
         return value if ok else {k: v for k, v in value.items() if k in known}
 
+    def filled_mapping(
+        self, value: Any, path: KeyPath, known: Sequence[str], expected: str
+    ) -> dict[str, Any] | None:
+        """A ``mapping`` that must not be empty: ``{}`` is reported as ``expected``. One
+        holding only unknown keys is already reported by ``mapping`` and comes back empty."""
+        spec = self.mapping(value, path, known)
+        if spec is not None and not spec and not value:
+            self.fail(path, expected)
+            return None
+        return spec
+
     def text(self, value: Any, path: KeyPath) -> str | None:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
@@ -349,11 +360,8 @@ class Compiler:
         return Template(text, dynamic)
 
     def size_range(self, value: Any, path: KeyPath, *, sizes: bool) -> Range | None:
-        spec = self.mapping(value, path, ("min", "max"))
+        spec = self.filled_mapping(value, path, ("min", "max"), "expected min and/or max")
         if spec is None:
-            return None
-        if not spec and not value:
-            self.fail(path, "expected min and/or max")
             return None
         bounds: dict[str, int] = {}
         for key in ("min", "max"):
@@ -614,11 +622,8 @@ class Compiler:
             items = [self.block(v, (*path, i)) for i, v in enumerate(value)]
             good = [c for c in items if c is not None]
             return All(good) if len(good) == len(items) else None
-        spec = self.mapping(value, path, _CONDITION_KEYS)
+        spec = self.filled_mapping(value, path, _CONDITION_KEYS, "expected at least one condition")
         if spec is None:
-            return None
-        if not spec and not value:
-            self.fail(path, "expected at least one condition")
             return None
         out: list[Condition] = []
         ok = True
@@ -679,11 +684,10 @@ class Compiler:
         return out
 
     def _address(self, role: str, value: Any, path: KeyPath) -> Condition | None:
-        spec = self.mapping(value, path, _ADDRESS_KEYS)
+        spec = self.filled_mapping(
+            value, path, _ADDRESS_KEYS, f"expected one of {', '.join(_ADDRESS_KEYS)}"
+        )
         if spec is None:
-            return None
-        if not spec and not value:
-            self.fail(path, f"expected one of {', '.join(_ADDRESS_KEYS)}")
             return None
         before = len(self.errors)
         address = self.texts(spec["address"], (*path, "address")) if "address" in spec else []
@@ -724,11 +728,10 @@ class Compiler:
         return name
 
     def _classification(self, value: Any, path: KeyPath) -> Condition | None:
-        spec = self.mapping(value, path, ("at_least", "at_most", "is"))
+        spec = self.filled_mapping(
+            value, path, ("at_least", "at_most", "is"), "expected at_least, at_most or is"
+        )
         if spec is None:
-            return None
-        if not spec and not value:
-            self.fail(path, "expected at_least, at_most or is")
             return None
         before = len(self.errors)
         at_least = (
@@ -750,11 +753,8 @@ class Compiler:
         if not isinstance(value, dict):
             raw = self.texts(value, path)
             return LabelCondition(raw) if raw is not None else None
-        spec = self.mapping(value, path, ("raw", "source"))
+        spec = self.filled_mapping(value, path, ("raw", "source"), "expected raw and/or source")
         if spec is None:
-            return None
-        if not spec and not value:
-            self.fail(path, "expected raw and/or source")
             return None
         raw = self.texts(spec["raw"], (*path, "raw")) if "raw" in spec else []
         source = self.texts(spec["source"], (*path, "source")) if "source" in spec else []
