@@ -172,3 +172,27 @@ def test_dkim_signature_verifies_after_the_rewrite(sink: Sink, gateway_factory: 
 
     assert dkim.verify(got.data, dnsfunc=dns)
     assert not dkim.verify(got.data.replace(b"Untuk BSSN", b"Untuk Siapa"), dnsfunc=dns)
+
+
+def test_strip_attachments_removes_what_the_condition_saw(sink: Sink, gateway_factory: Any,
+                                                          tmp_path: Path) -> None:
+    local = tmp_path / "video.yaml"
+    local.write_text(
+        "version: 1\nrules:\n  - name: tanpa-video\n    clause: '3.b'\n"
+        "    when: {attachment: {extension: [mp4, mov]}}\n"
+        "    then:\n      - strip_attachments: {extension: [mp4, mov], size: {min: 1KB},\n"
+        "          reason: 'Video tidak dikirim lewat surel / no video by mail'}\n")
+    gw = gateway_factory(upstream=f"smtp://127.0.0.1:{sink.port}",
+                         routes={"sanapati": f"smtp://127.0.0.1:{sink.port}"},
+                         policy=[POLICY, str(local)],
+                         notices={"from": "postmaster@jakarta.go.id", "enabled": False})
+    mp4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + bytes(4000)
+    data = message("Dokumentasi", attachment=("rapat.mp4", mp4))
+    code, _ = transaction(gw.port, "budi@dinas.jakarta.go.id", ["sari@example.org"], data)
+    assert code == 250
+    [got] = sink.wait_for(1)
+    out = email.message_from_bytes(got.data, policy=email.policy.default)
+    assert [p.get_filename() for p in out.iter_attachments() if p.get_filename()] == []
+    texts = [p.get_content() for p in out.walk() if p.get_content_type() == "text/plain"]
+    assert any("rapat.mp4" in t and "no video by mail" in t for t in texts)
+    assert "Isi pesan." in texts[0]

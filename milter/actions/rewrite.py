@@ -30,22 +30,18 @@ Rewrite kinds (``milter.policy.verdict.Rewrite``) and their arguments:
     Every attachment the selector matches is replaced by a short text/plain part,
     in Bahasa Indonesia and English, naming the file and the reason.
 
-The strip_attachments selector is a mapping; every key given must hold (AND), and a
-key with a list matches when any of its values does (OR)::
-
-    all: true                        # every attachment
-    extension: [exe, .js, scr]       # file-name extension, case-insensitive, dot optional
-    name: ["*.exe", "invoice*"]      # file-name globs, case-insensitive
-    declared_type: ["application/*"] # Content-Type as declared, globs
-    true_type: [application/x-dosexec]  # type from the content (``sniff``), globs
-    executable: true                 # executable by content or by extension
-    min_size: 10MB                   # decoded size at least (bytes or 10MB / 512k ...)
-    max_size: 1024
-    any: [{extension: [exe]}, {true_type: [application/x-msdownload]}]   # OR of selectors
+The strip_attachments selector is the policy's attachment selector, as
+``milter.policy.schema`` normalises it (``type``, ``declared_type``, ``name``,
+``extension``, ``size``, ``depth`` and the flags ``executable``, ``mismatch``,
+``archive`` ...), matched by ``milter.policy.conditions.selector_matches``: one
+language for "which attachments" in conditions and in stripping. Each attachment is
+described the way the inspector describes a part (true type by libmagic, the
+inspector's executable and mismatch rules), so a rule strips what its condition saw.
 
 An attachment is a leaf part with ``Content-Disposition: attachment``, a file name,
 or a type that is neither text nor multipart. Archive members are not looked into
-here: a policy that cares about what an archive holds quarantines on the findings.
+here (``depth`` is 1): a policy that cares about what an archive holds quarantines
+or rejects on the findings, or strips the archive by its own properties.
 """
 
 from __future__ import annotations
@@ -53,7 +49,6 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
-import fnmatch
 import html
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -63,28 +58,16 @@ from email.message import Message
 from typing import Any
 
 from milter import mimetree
-from milter.config import parse_size
 from milter.inspect import filetype
+from milter.inspect.findings import ARCHIVE, ATTACHMENT, EXECUTABLE, MISMATCH, Part
 from milter.mimetree import decode_words
+from milter.policy.conditions import selector_matches
 from milter.policy.verdict import Rewrite
 
 Sniffer = Callable[[bytes], str]
 
 MAX_DEPTH = 50
 PROTECTED_HEADERS = frozenset({"content-type", "content-transfer-encoding", "mime-version"})
-SELECTOR_KEYS = frozenset(
-    {
-        "all",
-        "extension",
-        "name",
-        "declared_type",
-        "true_type",
-        "executable",
-        "min_size",
-        "max_size",
-        "any",
-    }
-)
 
 _NAME = re.compile(r"^[!-9;-~]+$")
 
@@ -443,42 +426,6 @@ def _default_html(text: str) -> str:
 # -- strip attachments -------------------------------------------------------------------
 
 
-def _as_list(value: Any, key: str) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise RewriteError(f"selector {key}: expected text or a list of text")
-
-
-def validate_selector(selector: Any) -> None:
-    """Raise RewriteError unless ``selector`` has the documented shape.
-
-    For the policy loader, so a typo is reported when the policy is read rather than
-    when mail flows.
-    """
-    if not isinstance(selector, Mapping) or not selector:
-        raise RewriteError("a strip_attachments selector is a non-empty mapping")
-    for key, value in selector.items():
-        if key not in SELECTOR_KEYS:
-            raise RewriteError(f"unknown selector key {key!r}")
-        if key in ("all", "executable"):
-            if not isinstance(value, bool):
-                raise RewriteError(f"selector {key}: expected true or false")
-        elif key in ("min_size", "max_size"):
-            try:
-                parse_size(value)
-            except (TypeError, ValueError) as exc:
-                raise RewriteError(f"selector {key}: {exc}") from None
-        elif key == "any":
-            if not isinstance(value, (list, tuple)) or not value:
-                raise RewriteError("selector any: expected a list of selectors")
-            for sub in value:
-                validate_selector(sub)
-        else:
-            _as_list(value, key)
-
-
 @dataclass
 class _Attachment:
     ent: _Entity
@@ -510,37 +457,27 @@ class _Attachment:
         return self._true_type
 
 
-def _globs(value: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(value.lower(), p.lower()) for p in patterns)
-
-
-def _selected(att: _Attachment, selector: Mapping[str, Any]) -> bool:
-    for key, value in selector.items():
-        if key == "all":
-            ok = bool(value)
-        elif key == "extension":
-            ok = att.extension in {v.lower().lstrip(".") for v in _as_list(value, key)}
-        elif key == "name":
-            ok = _globs(att.filename, _as_list(value, key))
-        elif key == "declared_type":
-            ok = _globs(att.ent.ctype, _as_list(value, key))
-        elif key == "true_type":
-            ok = _globs(att.true_type, _as_list(value, key))
-        elif key == "executable":
-            # The inspector's definition, so that stripping removes exactly what an
-            # ``attachment: {executable: true}`` condition saw as executable.
-            ok = filetype.is_executable(att.true_type, att.extension) == bool(value)
-        elif key == "min_size":
-            ok = len(att.content) >= parse_size(value)
-        elif key == "max_size":
-            ok = len(att.content) <= parse_size(value)
-        elif key == "any":
-            ok = any(_selected(att, sub) for sub in value)
-        else:
-            raise RewriteError(f"unknown selector key {key!r}")
-        if not ok:
-            return False
-    return True
+def _as_part(att: _Attachment) -> Part:
+    """The attachment as the inspector would describe it, for the policy's selector."""
+    true_type, ext, declared = att.true_type, att.extension, att.ent.ctype
+    flags = {ATTACHMENT}
+    if filetype.is_executable(true_type, ext):
+        flags.add(EXECUTABLE)
+    if filetype.mismatch(true_type, ext, declared):
+        flags.add(MISMATCH)
+    if filetype.is_archive(true_type):
+        flags.add(ARCHIVE)
+    name = att.filename or None
+    return Part(
+        path=name or "",
+        filename=name,
+        declared_type=declared,
+        true_type=true_type,
+        extension=ext,
+        size=len(att.content),
+        depth=1,
+        flags=frozenset(flags),
+    )
 
 
 def _notice_text(att: _Attachment, reason: str) -> str:
@@ -590,7 +527,8 @@ def _replace_with_notice(ent: _Entity, text: str, top_level: bool) -> None:
 
 
 def _strip(top: _Entity, selector: Any, reason: Any, sniff: Sniffer) -> None:
-    validate_selector(selector)
+    if not isinstance(selector, Mapping) or not selector:
+        raise RewriteError("a strip_attachments selector is a non-empty mapping")
     reason_text = _check_value(reason if reason is not None else "", "reason") or (
         "kebijakan / policy"
     )
@@ -599,7 +537,7 @@ def _strip(top: _Entity, selector: Any, reason: Any, sniff: Sniffer) -> None:
         maintype = ent.info.get_content_maintype()
         if maintype != "multipart" and (_is_attachment(ent) or maintype != "text"):
             att = _Attachment(ent, sniff)
-            if _selected(att, selector):
+            if selector_matches(selector, _as_part(att)):
                 _replace_with_notice(ent, _notice_text(att, reason_text), ent is top)
                 return
         for child in ent.children or ():
@@ -608,52 +546,20 @@ def _strip(top: _Entity, selector: Any, reason: Any, sniff: Sniffer) -> None:
     visit(top)
 
 
-# -- content sniffing when the caller gives none -----------------------------------------
-
-_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"MZ", "application/x-dosexec"),
-    (b"\x7fELF", "application/x-executable"),
-    (b"\xcf\xfa\xed\xfe", "application/x-mach-binary"),
-    (b"\xce\xfa\xed\xfe", "application/x-mach-binary"),
-    (b"\xca\xfe\xba\xbe", "application/x-mach-binary"),
-    (b"L\x00\x00\x00\x01\x14\x02\x00", "application/x-ms-shortcut"),
-    (b"#!", "text/x-shellscript"),
-    (b"%PDF-", "application/pdf"),
-    (b"PK\x03\x04", "application/zip"),
-    (b"Rar!\x1a\x07", "application/x-rar"),
-    (b"7z\xbc\xaf\x27\x1c", "application/x-7z-compressed"),
-    (b"\x1f\x8b", "application/gzip"),
-    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "application/x-ole-storage"),
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF8", "image/gif"),
-)
-
-
-def basic_sniff(content: bytes) -> str:
-    """A small magic-number table, for callers that pass no libmagic-backed sniffer."""
-    for magic, kind in _MAGIC:
-        if content.startswith(magic):
-            return kind
-    if content[32769:32774] == b"CD001":
-        return "application/x-iso9660-image"
-    return "application/octet-stream" if b"\x00" in content[:1024] else "text/plain"
-
-
 # -- the entry point ---------------------------------------------------------------------
 
 
 def apply(data: bytes, rewrites: Sequence[Rewrite], *, sniff: Sniffer | None = None) -> bytes:
     """``data`` with ``rewrites`` applied in order; untouched entities keep their bytes.
 
-    ``sniff`` maps content to a MIME type for ``true_type``/``executable`` selectors
-    (the inspector's libmagic wrapper, say); without it a small built-in table is used.
+    ``sniff`` maps content to a MIME type for the selectors' ``type`` and flags; by
+    default the inspector's libmagic wrapper, so both name types alike.
     Raises RewriteError for unusable arguments or an unknown kind, never for a
     malformed message: what cannot be parsed is left as it is.
     """
     if not rewrites:
         return data
-    sniffer = sniff or basic_sniff
+    sniffer = sniff or filetype.sniff
     top = _parse(data, mimetree.eol_of(data))
     for rw in rewrites:
         if rw.kind == "subject_prefix":
