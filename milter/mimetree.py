@@ -29,6 +29,9 @@ FIELD = re.compile(rb"^(From |[\041-\071\073-\176]*:|[\t ])")
 LINE_END = re.compile(rb"\r\n|\r|\n")
 
 Buffer = bytes | memoryview
+# A header block larger than this is cut there (what follows counts as body). Real
+# header blocks are a few KB; the bound keeps a hostile one from costing unbounded time.
+MAX_HEAD = 1 << 20
 _FOLD = re.compile(r"(?:\r\n|\r|\n)[ \t]")
 
 
@@ -82,24 +85,33 @@ def split_head(raw: Buffer, *, top: bool = False) -> Head:
         pos = m.end() if m else size
         prefix = bytes(view[:pos])
     fields: list[bytes] = []
+    field: list[memoryview] = []  # the field being read: its line and continuation lines
     sep = b""
     body_start = size
     missing = False
+    limit = min(size, pos + MAX_HEAD)
     while pos < size:
+        if pos >= limit:  # a header block no mail needs: the rest is body, and a defect
+            body_start, missing = pos, True
+            break
         m = LINE_END.search(view, pos)
         nxt = m.end() if m else size
         if m is not None and m.start() == pos:  # an empty line: the separator
             sep, body_start = m.group(), nxt
             break
-        if view[pos : pos + 1].tobytes() in (b" ", b"\t") and fields:
-            fields[-1] += view[pos:nxt]
+        if view[pos : pos + 1].tobytes() in (b" ", b"\t") and field:
+            field.append(view[pos:nxt])  # joined once below: folding costs linear time
         elif FIELD.match(view[pos:nxt]):  # includes a stray continuation or "From " line
-            fields.append(bytes(view[pos:nxt]))
+            if field:
+                fields.append(b"".join(field))
+            field = [view[pos:nxt]]
         else:  # not a header: the body starts without an empty line
             body_start = pos
             missing = True
             break
         pos = nxt
+    if field:
+        fields.append(b"".join(field))
     return Head(prefix, fields, sep, body_start, missing)
 
 

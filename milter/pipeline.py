@@ -200,8 +200,17 @@ class Pipeline:
         inspector = self.inspector
         # The inspector keeps its own time budget; this bound only catches a stuck worker.
         budget = self.config.inspect.time_budget * 3 + 5
-        async with asyncio.timeout(budget):
-            findings = await loop.run_in_executor(self._pool, inspector, message.content())
+        pool = self._pool
+        try:
+            async with asyncio.timeout(budget):
+                findings = await loop.run_in_executor(pool, inspector, message.content())
+        except TimeoutError:
+            # A thread cannot be stopped: leave it to finish alone and give the next
+            # messages fresh workers, so one stuck message never holds up the rest.
+            if self._pool is pool:
+                self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inspect")
+                pool.shutdown(wait=False)
+            raise
         metrics.INSPECTION.observe(time.monotonic() - t0)
         return findings, self.policy.evaluate(env, findings)
 
