@@ -65,7 +65,8 @@ class DeliveryError(Exception):
         self.reply = reply
 
 
-def _split_status(text: str) -> tuple[str, str]:
+def split_status(text: str) -> tuple[str, str]:
+    """(enhanced status code, rest) of a reply text; the code is empty when absent."""
     head, _, rest = text.partition(" ")
     parts = head.split(".")
     if len(parts) == 3 and all(p.isdigit() for p in parts) and head[0] in "245":
@@ -217,7 +218,7 @@ class SmtpConnection:
             lines.append(line[4:])
             if len(line) == 3 or line[3] != "-":
                 break
-        status, first = _split_status(lines[0])
+        status, first = split_status(lines[0])
         text = "\n".join([first, *lines[1:]]) if len(lines) > 1 else first
         return Reply(code, text, status)
 
@@ -274,8 +275,8 @@ class SmtpConnection:
             await self._reset()
             return DeliveryResult.failed(mail, rcpts)
         accepted = [r for r, rep in zip(rcpts, replies[1:], strict=True) if rep.code in (250, 251)]
-        refused = {
-            r: (rep.code, rep.text)
+        refused = {  # the text keeps the enhanced code, as the next hop said it
+            r: (rep.code, f"{rep.status} {rep.text}" if rep.status else rep.text)
             for r, rep in zip(rcpts, replies[1:], strict=True)
             if rep.code not in (250, 251)
         }

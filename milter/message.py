@@ -65,6 +65,7 @@ class Message:
         self.prefix = b""
         self.size = size if size is not None else len(wire or b"")
         self._content: bytes | None = None
+        self._owner = True  # close() removes the spool file
 
     @classmethod
     def from_content(cls, content: bytes) -> Message:
@@ -75,6 +76,14 @@ class Message:
         msg = cls(stuff(content))
         msg._content = content
         return msg
+
+    def derived(self, header_lines: bytes) -> Message:
+        """The same message with more header lines in front, sharing its storage
+        (a DKIM signature for one group must not change what the others send)."""
+        other = Message(self._wire, self.path, self.size)
+        other.prefix = header_lines + self.prefix
+        other._owner = False
+        return other
 
     def prepend(self, header_lines: bytes) -> None:
         self.prefix = header_lines + self.prefix
@@ -130,7 +139,7 @@ class Message:
         return self._content
 
     def close(self) -> None:
-        if self.path is not None:
+        if self.path is not None and self._owner:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
             self.path = None

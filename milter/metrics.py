@@ -36,6 +36,7 @@ SESSIONS = Gauge(
 )
 POLICY_RELOADS = Counter("milter_policy_reloads", "Policy reloads by result", ["result"])
 MESSAGE_BYTES = Counter("milter_message_bytes", "Bytes received in accepted DATA")
+DKIM_FAILURES = Counter("milter_dkim_failures", "Messages sent unsigned because signing failed")
 
 
 def serve(host: str, port: int) -> None:

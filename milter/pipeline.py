@@ -21,12 +21,12 @@ from typing import Any, Protocol
 
 from milter import log, metrics
 from milter.config import GatewayConfig
-from milter.delivery import Deliverer, DeliveryResult
+from milter.delivery import Deliverer, DeliveryResult, split_status
 from milter.envelope import Envelope, new_id
 from milter.inspect.findings import Findings
 from milter.message import Message
 from milter.policy.verdict import RecipientVerdict, Rewrite, Verdict, deliver_all
-from milter.quarantine.store import QuarantineRecord
+from milter.quarantine.store import DELETED, QuarantineRecord
 from milter.replies import TEMP_FAILURE, Reply
 
 
@@ -44,6 +44,17 @@ class Inspector(Protocol):
 
 class StoreLike(Protocol):
     def put(self, data: bytes, record: QuarantineRecord) -> str: ...
+
+    def transition(
+        self,
+        qid: str,
+        new_status: str,
+        actor: str,
+        reason: str,
+        *,
+        expected: str | None = ...,
+        action: str | None = ...,
+    ) -> QuarantineRecord: ...
 
 
 class Notifier(Protocol):
@@ -257,21 +268,42 @@ class Pipeline:
             self._deliver(env, message, route, rewrites, rcpts)
             for (route, rewrites), rcpts in groups.items()
         ]
-        for (route, _), rcpts, result in zip(
-            groups, groups.values(), await asyncio.gather(*sends), strict=True
-        ):
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        for (route, _), rcpts, got in zip(groups, groups.values(), results, strict=True):
+            if isinstance(got, BaseException):
+                # One group's local failure defers that group only; the others keep
+                # the outcome they really had.
+                log.failure("delivery-failed", got, id=env.queue_id, route=route)
+                result = DeliveryResult.failed(TEMP_FAILURE, [r.address for r in rcpts], route)
+            else:
+                result = got
             for r in rcpts:
                 outcomes[r.address] = self._recipient_outcome(r, route, result)
         ordered = [outcomes[a] for a in dict.fromkeys(r.address for r in verdict.recipients)]
         rules = tuple(dict.fromkeys(x for r in verdict.recipients for x in r.rules))
-        return Outcome(
-            self._reply(env, ordered, quarantine_id),
-            ordered,
-            quarantine_id,
-            verdict.classification,
-            rules,
-            record,
-        )
+        reply = self._reply(env, ordered, quarantine_id)
+        if record is not None and reply.code >= 400:
+            # The client will send it again: the copy held now must not stay behind
+            # as a second hold (and, once released, a second delivery).
+            await self._withdraw(env, record, reply)
+            record, quarantine_id = None, None
+        return Outcome(reply, ordered, quarantine_id, verdict.classification, rules, record)
+
+    async def _withdraw(self, env: Envelope, record: QuarantineRecord, reply: Reply) -> None:
+        store = self.store
+        if store is None:
+            return
+        try:
+            await asyncio.to_thread(
+                store.transition,
+                record.id,
+                DELETED,
+                "gateway",
+                f"transaction answered {reply.code}: the client retries",
+                action="withdraw",
+            )
+        except Exception as exc:
+            log.failure("withdraw-failed", exc, id=env.queue_id, quarantine_id=record.id)
 
     async def _deliver(
         self,
@@ -283,12 +315,8 @@ class Pipeline:
     ) -> DeliveryResult:
         out = message
         if (rewrites and self.rewrite is not None) or self.sign is not None:
-            content = message.content()
-            if rewrites and self.rewrite is not None:
-                content = self.rewrite(content, rewrites)
-            if self.sign is not None:
-                content = self.sign(content, env.mail_from)
-            out = Message.from_content(content)
+            # Rewriting and signing are CPU work on the whole message: off the loop.
+            out = await asyncio.to_thread(self._prepare, env, message, rewrites)
         addresses = list(
             dict.fromkeys([r.address for r in rcpts] + [b for r in rcpts for b in r.bcc])
         )
@@ -300,17 +328,40 @@ class Pipeline:
             metrics.NEXTHOP_ERRORS.labels(route, kind).inc()
         return result
 
+    def _prepare(self, env: Envelope, message: Message, rewrites: tuple[Rewrite, ...]) -> Message:
+        """The message as this group receives it: rewritten, then signed."""
+        content = message.content()
+        rewritten = bool(rewrites and self.rewrite is not None)
+        if rewrites and self.rewrite is not None:
+            content = self.rewrite(content, rewrites)
+        signed = content
+        if self.sign is not None:
+            try:
+                signed = self.sign(content, env.mail_from)
+            except Exception as exc:
+                # Unsigned mail still reaches its recipients; a 451 would repeat forever.
+                log.failure("dkim-failed", exc, logging.WARNING, id=env.queue_id)
+                metrics.DKIM_FAILURES.inc()
+        if not rewritten:
+            if signed is content:
+                return message
+            if signed.endswith(content):  # only a signature header was added in front
+                return message.derived(signed[: len(signed) - len(content)])
+        return Message.from_content(signed)
+
     @staticmethod
     def _recipient_outcome(
         r: RecipientVerdict, route: str, result: DeliveryResult
     ) -> RecipientOutcome:
         if r.address in result.refused:
             code, text = result.refused[r.address]
-            status = (
-                result.status
-                if not result.ok and result.status
-                else ("4.0.0" if code < 500 else "5.0.0")
-            )
+            status, text = split_status(text)
+            if not status:
+                status = (
+                    result.status
+                    if not result.ok and result.status
+                    else ("4.0.0" if code < 500 else "5.0.0")
+                )
             action = "deferred" if code < 500 else "refused"
             return RecipientOutcome(r.address, action, Reply(code, text, status), route, r.rules)
         if result.ok:

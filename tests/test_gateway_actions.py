@@ -196,3 +196,38 @@ def test_strip_attachments_removes_what_the_condition_saw(sink: Sink, gateway_fa
     texts = [p.get_content() for p in out.walk() if p.get_content_type() == "text/plain"]
     assert any("rapat.mp4" in t and "no video by mail" in t for t in texts)
     assert "Isi pesan." in texts[0]
+
+
+def test_a_deferred_transaction_leaves_no_hold_behind(gateway: Any, sink: Sink) -> None:
+    sink.behaviour.refuse_rcpt["rekan@dinas.jakarta.go.id"] = "451 4.3.0 try later"
+    data = message("[RAHASIA] Nota dinas")
+    for _ in range(2):   # the client retries after each 451
+        code, text = transaction(gateway.port, "budi@dinas.jakarta.go.id",
+                                 ["sari@gmail.com", "rekan@dinas.jakarta.go.id"], data)
+        assert code == 451 and b"4.3.0" in text
+    held = json.loads(milter(gateway, "quarantine", "list", "--status", "held", "--json").stdout)
+    assert held == []
+    withdrawn = json.loads(milter(gateway, "quarantine", "list", "--json").stdout)
+    assert [r["status"] for r in withdrawn] == ["deleted", "deleted"]
+    verify = milter(gateway, "quarantine", "audit", "--verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "withdraw" in milter(gateway, "quarantine", "audit").stdout
+    assert notices(sink, 0, timeout=0.3) == []
+
+
+def test_mail_dkim_cannot_sign_goes_out_unsigned(sink: Sink, gateway_factory: Any,
+                                                 tmp_path: Path) -> None:
+    keys = tmp_path / "dkim"
+    r = subprocess.run([sys.executable, "-m", "milter", "dkim", "keygen", "--domain",
+                        "jakarta.go.id", "--selector", "gw1", "--dir", str(keys)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    gw = gateway_factory(upstream=f"smtp://127.0.0.1:{sink.port}",
+                         dkim=[{"domain": "jakarta.go.id", "selector": "gw1",
+                                "key_file": str(next(keys.glob("*.pem")))}])
+    cron = b"Subject: laporan harian\r\n\r\nselesai\r\n"   # no From: header at all
+    code, _ = transaction(gw.port, "cron@server.jakarta.go.id", ["admin@jakarta.go.id"], cron)
+    assert code == 250
+    [got] = sink.wait_for(1)
+    assert got.data.endswith(cron) and b"DKIM-Signature" not in got.data
+    assert '"event": "dkim-failed"' in gw.log()

@@ -177,7 +177,8 @@ def chain_problems(entries: Iterable[AuditEntry]) -> list[str]:
 _LAST_ACTION_FOR_STATUS = {
     HELD: {"quarantine", "hold", "release-failed"},
     RELEASED: {"release", "release-partial"},
-    DELETED: {"delete"},
+    DELETED: {"delete", "withdraw"},  # withdraw: the gateway's own, when a hold's
+    # transaction was answered 4xx and the client will send the message again
     EXPIRED: {"expire"},
 }
 
