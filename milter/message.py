@@ -65,6 +65,7 @@ class Message:
         self.prefix = b""
         self.size = size if size is not None else len(wire or b"")
         self._content: bytes | None = None
+        self._head: bytes | None = None
         self._owner = True  # close() removes the spool file
 
     @classmethod
@@ -120,6 +121,23 @@ class Message:
             with open(self.path, "rb") as fh:
                 return fh.read()
         return b""
+
+    def head(self, limit: int = 256 * 1024) -> bytes:
+        """The header block (with the gateway's prefix), read once and kept: what a
+        delivery report quotes, without loading a large message's body."""
+        if self._head is None:
+            if self._content is not None:
+                start = self._content[:limit]
+            elif self._wire is not None:
+                start = self.prefix + self._wire[:limit]
+            elif self.path is not None:
+                with open(self.path, "rb") as fh:
+                    start = self.prefix + fh.read(limit)
+            else:
+                start = self.prefix
+            end = start.find(b"\r\n\r\n")
+            self._head = start[: end + 4] if end >= 0 else start
+        return self._head
 
     def content(self) -> bytes:
         """The message as the recipient will see it (unstuffed, with the prefix)."""

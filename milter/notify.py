@@ -1,18 +1,26 @@
 """Who hears about a message after its outcome, and sending them the notices.
 
 The texts live in ``milter.actions.notices``; this module decides who gets what:
-the internal sender of held mail (never an external or null sender: no
-backscatter; rate-limited per sender), the compliance officers for every hold and
-every audit-mode match, extra addresses a rule names, and a delivery status
-notification to the internal sender when only some recipients were refused.
-Notices go through the upstream with a null envelope sender, after the client has
-its reply: a notice that fails is logged, never turned into a failure of the mail.
+
+- held mail: the internal sender gets a quarantine notice and the compliance
+  officers an alert, always (never an external or null sender: no backscatter);
+  addresses a holding rule names in ``notify`` get the alert too;
+- audit-mode rules: the officers (a rule in audit mode applies none of its own
+  actions, its ``notify`` included); test-mode rules are recorded only;
+- other enforce-mode rules with ``notify`` (reject, route, deliver): a rule alert to
+  the officers, addresses and, when internal, the sender they name;
+- recipients refused while others were served: a delivery status notification to
+  the internal sender.
+
+Everything sent to the sender is rate-limited per sender. Notices go through the
+upstream with a null envelope sender, after the client has its reply: a notice that
+fails is logged, never turned into a failure of the mail.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +33,7 @@ from milter.actions.notices import (
     dsn,
     officer_alert,
     quarantine_notice,
+    rule_alert,
     should_notify_sender,
 )
 from milter.config import GatewayConfig
@@ -36,6 +45,18 @@ from milter.policy.verdict import Verdict
 
 if TYPE_CHECKING:
     from milter.pipeline import Outcome
+
+_OUTCOME_WORDS = {
+    "delivered": "dikirim / delivered",
+    "quarantined": "ditahan di karantina / held in quarantine",
+    "rejected": "ditolak / rejected",
+    "refused": "ditolak tujuan / refused by the next hop",
+    "deferred": "tertunda / deferred",
+}
+
+
+def _addresses(targets: Iterable[str]) -> list[str]:
+    return sorted({t for t in targets if t not in ("sender", "officers") and "@" in t})
 
 
 class GatewayNotifier:
@@ -66,89 +87,116 @@ class GatewayNotifier:
         if not cfg.enabled:
             return
         subject = findings.subject if findings is not None else ""
-        sender_ok = should_notify_sender(env.mail_from, self.is_internal)
-        notices: list[tuple[str, Sequence[str], bytes]] = []
+        sender_internal = should_notify_sender(env.mail_from, self.is_internal)
+
+        def to_sender() -> bool:
+            return sender_internal and self.limiter.allow(env.mail_from.lower())
+
+        modes = {r.name: r.mode for r in verdict.rules}
+        asks = {n.rule: n.targets for n in verdict.notify}
+        notices: list[tuple[str, Sequence[str], bytes | None]] = []
         record = outcome.record
-        extra = sorted(
-            {
-                t
-                for n in verdict.notify
-                for t in n.targets
-                if t not in ("sender", "officers") and "@" in t
-            }
-        )
+        held_rules = set(record.rules) if record is not None else set()
+        t = self.templates
+
         if record is not None:
-            if sender_ok and self.limiter.allow(env.mail_from.lower()):
-                notices.append(
-                    (
-                        "quarantine-notice",
-                        [env.mail_from],
-                        quarantine_notice(cfg, record, verdict=verdict, templates=self.templates),
-                    )
+            if to_sender():
+                notice = quarantine_notice(cfg, record, verdict=verdict, templates=t)
+                notices.append(("quarantine-notice", [env.mail_from], notice))
+            notices.append(
+                (
+                    "officer-alert",
+                    cfg.officers,
+                    officer_alert(cfg, record, verdict=verdict, templates=t),
                 )
-            alert = officer_alert(cfg, record, verdict=verdict, templates=self.templates)
-            if alert is not None:
-                notices.append(("officer-alert", cfg.officers, alert))
+            )
+            extra = _addresses(x for rule in held_rules for x in asks.get(rule, ()))
             if extra:
-                notices.append(
-                    (
-                        "officer-alert",
-                        extra,
-                        officer_alert(
-                            replace(cfg, officers=tuple(extra)),
-                            record,
-                            verdict=verdict,
-                            templates=self.templates,
-                        )
-                        or b"",
-                    )
+                alert = officer_alert(
+                    replace(cfg, officers=tuple(extra)), record, verdict=verdict, templates=t
                 )
-        if verdict.audit:
+                notices.append(("officer-alert", extra, alert))
+
+        audited = [n for n in verdict.audit if modes.get(n) == "audit"]
+        if audited:
             alert = audit_alert(
                 cfg,
                 verdict,
                 queue_id=env.queue_id,
                 sender=env.mail_from,
                 subject=subject,
-                templates=self.templates,
+                rules=audited,
+                templates=t,
             )
-            if alert is not None:
-                notices.append(("audit-alert", cfg.officers, alert))
+            notices.append(("audit-alert", cfg.officers, alert))
+
+        enforced = [r for r in asks if modes.get(r) == "enforce" and r not in held_rules]
+        if enforced:
+            wanted = {x for rule in enforced for x in asks[rule]}
+            to = [*(cfg.officers if "officers" in wanted else ()), *_addresses(wanted)]
+            if "sender" in wanted and to_sender():
+                to.append(env.mail_from)
+            outcomes = [
+                (o.address, _OUTCOME_WORDS.get(o.action, o.action)) for o in outcome.recipients
+            ]
+            notices.append(
+                (
+                    "rule-alert",
+                    to,
+                    rule_alert(
+                        cfg,
+                        verdict,
+                        to=list(dict.fromkeys(to)),
+                        rules=enforced,
+                        queue_id=env.queue_id,
+                        sender=env.mail_from,
+                        subject=subject,
+                        outcomes=outcomes,
+                        templates=t,
+                    ),
+                )
+            )
+
         refused = [o for o in outcome.recipients if o.action in ("rejected", "refused")]
-        if refused and outcome.reply.code < 300 and sender_ok:
+        if refused and outcome.reply.code < 300 and to_sender():
             delivered = [o.address for o in outcome.recipients if o.action == "delivered"]
+            failed = [
+                FailedRecipient(o.address, o.reply.status or "5.0.0", o.reply.line())
+                for o in refused
+            ]
             notices.append(
                 (
                     "dsn",
                     [env.mail_from],
                     dsn(
                         cfg,
-                        original=message.content(),
+                        original=message.head(),
                         sender=env.mail_from,
-                        failed=[
-                            FailedRecipient(o.address, o.reply.status or "5.0.0", o.reply.line())
-                            for o in refused
-                        ],
+                        failed=failed,
                         reporting_mta=self.config.hostname,
                         queue_id=env.queue_id,
                         arrival=env.received_at,
                         delivered=delivered,
-                        templates=self.templates,
+                        templates=t,
                     ),
                 )
             )
+
         for kind, rcpts, data in notices:
-            if not data or not rcpts:
-                continue
-            result = await self.deliverer.send(
-                "upstream", "", list(rcpts), Message.from_content(data)
-            )
-            log.event(
-                "notice",
-                logging.INFO if result.ok else logging.WARNING,
-                id=env.queue_id,
-                kind=kind,
-                to=list(rcpts),
-                ok=result.ok,
-                reply=f"{result.code} {result.message}",
-            )
+            if data and rcpts:
+                await self._send(env, kind, list(dict.fromkeys(rcpts)), data)
+
+    async def _send(self, env: Envelope, kind: str, rcpts: list[str], data: bytes) -> None:
+        utf8 = any(not a.isascii() for a in rcpts)
+        result = await self.deliverer.send(
+            "upstream", "", rcpts, Message.from_content(data), smtputf8=utf8
+        )
+        log.event(
+            "notice",
+            logging.INFO if result.ok else logging.WARNING,
+            id=env.queue_id,
+            kind=kind,
+            to=rcpts,
+            ok=result.ok,
+            reply=f"{result.code} {result.message}",
+        )

@@ -181,7 +181,7 @@ class Pipeline:
         outcome = await self._act(env, message, findings, verdict)
         self._finish(env, message, outcome, started, verdict)
         if any(o.action in ("rejected", "refused") for o in outcome.recipients):
-            message.content()  # kept in memory for the DSN: the spool file goes with the session
+            message.head()  # kept for the DSN: the spool file goes with the session
         if self.notifier is not None and outcome.reply.code < 400:
             task = asyncio.create_task(self._notify(env, message, findings, verdict, outcome))
             self._background.add(task)

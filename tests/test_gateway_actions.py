@@ -231,3 +231,33 @@ def test_mail_dkim_cannot_sign_goes_out_unsigned(sink: Sink, gateway_factory: An
     [got] = sink.wait_for(1)
     assert got.data.endswith(cron) and b"DKIM-Signature" not in got.data
     assert '"event": "dkim-failed"' in gw.log()
+
+
+def test_notify_is_honoured_and_test_mode_stays_silent(sink: Sink, gateway_factory: Any,
+                                                       tmp_path: Path) -> None:
+    local = tmp_path / "notify.yaml"
+    local.write_text(
+        "version: 1\nrules:\n"
+        "  - name: coba-aturan\n    mode: test\n    when: {recipient: {domain: [example.org]}}\n"
+        "    then: [quarantine]\n"
+        "  - name: pesaing\n    clause: '2.c'\n    when: {recipient: {domain: [pesaing.example]}}\n"
+        "    then: [{reject: 'Tidak ke pesaing / not to competitors'},\n"
+        "           {notify: [officers, atasan@jakarta.go.id, sender]}]\n")
+    gw = gateway_factory(upstream=f"smtp://127.0.0.1:{sink.port}",
+                         routes={"sanapati": f"smtp://127.0.0.1:{sink.port}"},
+                         policy=[POLICY, str(local)],
+                         notices={"from": "postmaster@jakarta.go.id", "officers": [OFFICER]})
+    code, _ = transaction(gw.port, "budi@dinas.jakarta.go.id", ["sari@example.org"],
+                          message("Undangan"))
+    assert code == 250
+    assert notices(sink, 0, timeout=0.4) == [], "a test-mode rule is recorded, not announced"
+    code, _ = transaction(gw.port, "budi@dinas.jakarta.go.id",
+                          ["sari@example.org", "x@pesaing.example"], message("Penawaran"))
+    assert code == 250
+    got = notices(sink, 2)
+    by_to = {tuple(m.rcpt_tos): m.data for m in got}
+    alert_to = (OFFICER, "atasan@jakarta.go.id", "budi@dinas.jakarta.go.id")
+    assert set(by_to) == {alert_to, ("budi@dinas.jakarta.go.id",)}
+    alert = by_to[alert_to]
+    assert b"pesaing" in alert and b"x@pesaing.example: ditolak / rejected" in alert
+    assert b"multipart/report" in by_to[("budi@dinas.jakarta.go.id",)]

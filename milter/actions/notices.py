@@ -34,7 +34,7 @@ from milter.policy.verdict import RecipientVerdict, RuleResult, Verdict
 from milter.quarantine.store import QuarantineRecord
 
 SHIPPED = Path(__file__).with_name("templates")
-TEMPLATE_NAMES = ("quarantine_notice", "officer_alert", "audit_alert", "dsn")
+TEMPLATE_NAMES = ("quarantine_notice", "officer_alert", "audit_alert", "rule_alert", "dsn")
 FROM_NAME = "Gateway Surel Pemprov DKI Jakarta"
 MAX_SUBJECT = 200
 
@@ -321,6 +321,25 @@ def officer_alert(
     return _compose(config, config.officers, subject, body, now)
 
 
+def _rules_values(verdict: Verdict, names: Sequence[str], t: Templates) -> dict[str, str]:
+    """The rules (with their clauses in plain words) and the findings behind them."""
+    matched: dict[str, RuleResult] = {}
+    for r in verdict.rules:
+        if r.matched and r.name in names:
+            matched.setdefault(r.name, r)
+    clauses = {n: (matched[n].clause if n in matched else None) for n in names}
+    descriptions = {n: (matched[n].description if n in matched else None) for n in names}
+    reasons = [f"{r.name}: {x}" for r in matched.values() for x in r.reasons]
+    rules_id, rules_en = _rule_lines(list(names), clauses, descriptions, (), t)
+    return {
+        "rule_names": ", ".join(names),
+        "classification": verdict.classification or "-",
+        "rules_id": rules_id,
+        "rules_en": rules_en,
+        "reasons": _bullets(reasons),
+    }
+
+
 def audit_alert(
     config: NoticesConfig,
     verdict: Verdict,
@@ -329,37 +348,57 @@ def audit_alert(
     sender: str,
     subject: str,
     recipients: Sequence[str] = (),
+    rules: Sequence[str] | None = None,
     templates: Templates | None = None,
     now: float | None = None,
 ) -> bytes | None:
     """Tell the officers that audit-mode rules matched a delivered message.
 
-    None when no audit rule matched or no officer is configured.
+    ``rules`` defaults to every rule in ``verdict.audit``. None when there is no rule
+    to tell about or no officer is configured.
     """
-    if not verdict.audit or not config.officers:
+    names = list(verdict.audit if rules is None else rules)
+    if not names or not config.officers:
         return None
     t = _templates(config, templates)
-    matched: dict[str, RuleResult] = {}
-    for r in verdict.rules:
-        if r.matched and r.name in verdict.audit:
-            matched.setdefault(r.name, r)
-    names = list(verdict.audit)
-    clauses = {n: (matched[n].clause if n in matched else None) for n in names}
-    descriptions = {n: (matched[n].description if n in matched else None) for n in names}
-    reasons = [f"{r.name}: {x}" for r in matched.values() for x in r.reasons]
-    rules_id, rules_en = _rule_lines(names, clauses, descriptions, (), t)
     values = {
         "queue_id": queue_id,
         "sender": sender or "<>",
         "subject": _one_line(subject) or "(tanpa subjek / no subject)",
         "recipients": _bullets(recipients or [r.address for r in verdict.recipients]),
-        "classification": verdict.classification or "-",
-        "rules_id": rules_id,
-        "rules_en": rules_en,
-        "reasons": _bullets(reasons),
+        **_rules_values(verdict, names, t),
     }
     title, body = t.render("audit_alert", values)
     return _compose(config, config.officers, title, body, now)
+
+
+def rule_alert(
+    config: NoticesConfig,
+    verdict: Verdict,
+    *,
+    to: Sequence[str],
+    rules: Sequence[str],
+    queue_id: str,
+    sender: str,
+    subject: str,
+    outcomes: Sequence[tuple[str, str]],
+    templates: Templates | None = None,
+    now: float | None = None,
+) -> bytes | None:
+    """The notice a rule's ``notify`` asks for when no quarantine notice covers it:
+    which rules matched and what became of each recipient (``(address, outcome)``)."""
+    if not to or not rules:
+        return None
+    t = _templates(config, templates)
+    values = {
+        "queue_id": queue_id,
+        "sender": sender or "<>",
+        "subject": _one_line(subject) or "(tanpa subjek / no subject)",
+        "outcomes": _bullets(f"{a}: {o}" for a, o in outcomes),
+        **_rules_values(verdict, rules, t),
+    }
+    title, body = t.render("rule_alert", values)
+    return _compose(config, to, title, body, now)
 
 
 def _header_block(original: bytes) -> bytes:
