@@ -40,10 +40,6 @@ class DeliveryResult:
     status: str = ""
     route: str = "upstream"
 
-    @property
-    def temporary(self) -> bool:
-        return not self.ok and 400 <= self.code < 500
-
     @classmethod
     def failed(cls, reply: Reply, rcpts: Sequence[str], route: str = "upstream") -> DeliveryResult:
         """Nothing delivered: every recipient carries the same reply."""
@@ -345,9 +341,6 @@ class Deliverer:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self._idle: dict[str, list[SmtpConnection]] = {}
-
-    def update(self, config: GatewayConfig) -> None:
-        self.config = config
 
     async def send(
         self,

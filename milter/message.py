@@ -113,15 +113,6 @@ class Message:
                 while block := fh.read(CHUNK):
                     yield block
 
-    def wire(self) -> bytes:
-        """The received bytes, still dot-stuffed (read from the spool when spooled)."""
-        if self._wire is not None:
-            return self._wire
-        if self.path is not None:
-            with open(self.path, "rb") as fh:
-                return fh.read()
-        return b""
-
     def head(self, limit: int = 256 * 1024) -> bytes:
         """The header block (with the gateway's prefix), read once and kept: what a
         delivery report quotes, without loading a large message's body."""

@@ -118,7 +118,14 @@ def received_header(config: GatewayConfig, env: Envelope) -> bytes:
     proto = ("UTF8SMTP" if env.smtputf8 else "ESMTP" if env.esmtp else "SMTP") + (
         "S" if env.tls else ""
     )
-    helo = "".join(c for c in env.helo if c.isprintable() and c not in "()") or "unknown"
+    helo = (
+        "".join(
+            c
+            for c in env.helo
+            if c.isprintable() and c not in "()" and (env.smtputf8 or c.isascii())
+        )
+        or "unknown"
+    )
     ip = env.client_addr
     for_clause = f"\r\n\tfor <{env.rcpt_tos[0]}>" if len(env.rcpt_tos) == 1 else ""
     date = email.utils.formatdate(env.received_at, localtime=True)

@@ -17,14 +17,6 @@ class Reply:
     text: str
     status: str = ""
 
-    @property
-    def temporary(self) -> bool:
-        return 400 <= self.code < 500
-
-    @property
-    def permanent(self) -> bool:
-        return self.code >= 500
-
     def line(self) -> str:
         """The reply as one line for the wire (multi-line texts are joined)."""
         text = " ".join(self.text.split())
