@@ -95,11 +95,10 @@ class GatewayNotifier:
         modes = {r.name: r.mode for r in verdict.rules}
         asks = {n.rule: n.targets for n in verdict.notify}
         notices: list[tuple[str, Sequence[str], bytes | None]] = []
-        record = outcome.record
-        held_rules = set(record.rules) if record is not None else set()
+        held_rules = {rule for record in outcome.records for rule in record.rules}
         t = self.templates
 
-        if record is not None:
+        for record in outcome.records:
             if to_sender():
                 notice = quarantine_notice(cfg, record, verdict=verdict, templates=t)
                 notices.append(("quarantine-notice", [env.mail_from], notice))
@@ -110,7 +109,7 @@ class GatewayNotifier:
                     officer_alert(cfg, record, verdict=verdict, templates=t),
                 )
             )
-            extra = _addresses(x for rule in held_rules for x in asks.get(rule, ()))
+            extra = _addresses(x for rule in record.rules for x in asks.get(rule, ()))
             if extra:
                 alert = officer_alert(
                     replace(cfg, officers=tuple(extra)), record, verdict=verdict, templates=t

@@ -87,10 +87,10 @@ class Outcome:
 
     reply: Reply
     recipients: list[RecipientOutcome] = field(default_factory=list)
-    quarantine_id: str | None = None
+    quarantine_id: str | None = None  # the ids of the held copies, comma-separated
     classification: str | None = None
     rules: tuple[str, ...] = ()
-    record: QuarantineRecord | None = None  # what was stored in quarantine, for notices
+    records: list[QuarantineRecord] = field(default_factory=list)  # for notices
 
     @property
     def label(self) -> str:
@@ -243,7 +243,7 @@ class Pipeline:
                 groups.setdefault((r.route or "upstream", r.rewrites), []).append(r)
         outcomes: dict[str, RecipientOutcome] = {}
         quarantine_id: str | None = None
-        record: QuarantineRecord | None = None
+        records: list[QuarantineRecord] = []
 
         for r in rejected:
             text = r.reject_text or "Pesan ditolak oleh kebijakan / Message rejected by policy"
@@ -254,22 +254,28 @@ class Pipeline:
         if held:
             # Held mail is made durable before anything is delivered: if the store
             # fails, nothing has left yet and a 451 costs the sender only a retry.
+            # One copy per way out, so that a release sends each the way it would
+            # have gone (sanapati stays sanapati, with its header).
+            paths: dict[tuple[str, tuple[Rewrite, ...]], list[RecipientVerdict]] = {}
+            for r in held:
+                paths.setdefault((r.release_route or "upstream", r.release_rewrites), []).append(r)
             try:
-                record = await self._quarantine(env, message, findings, verdict, held)
-                quarantine_id = record.id
+                for (route, rewrites), group in paths.items():
+                    record = await self._quarantine(
+                        env, message, findings, verdict, group, route=route, rewrites=rewrites
+                    )
+                    records.append(record)
+                    for r in group:
+                        text = f"ditahan di karantina / held in quarantine {record.id}"
+                        outcomes[r.address] = RecipientOutcome(
+                            r.address, "quarantined", Reply(250, text, "2.6.0"), None, r.rules
+                        )
             except Exception as exc:
                 log.failure("quarantine-failed", exc, id=env.queue_id)
+                if records:
+                    await self._withdraw(env, records, TEMP_FAILURE)
                 return _tempfail(env, verdict.classification)
-            for r in held:
-                outcomes[r.address] = RecipientOutcome(
-                    r.address,
-                    "quarantined",
-                    Reply(
-                        250, f"ditahan di karantina / held in quarantine {quarantine_id}", "2.6.0"
-                    ),
-                    None,
-                    r.rules,
-                )
+            quarantine_id = ", ".join(r.id for r in records)
 
         sends = [
             self._deliver(env, message, route, rewrites, rcpts)
@@ -289,28 +295,29 @@ class Pipeline:
         ordered = [outcomes[a] for a in dict.fromkeys(r.address for r in verdict.recipients)]
         rules = tuple(dict.fromkeys(x for r in verdict.recipients for x in r.rules))
         reply = self._reply(env, ordered, quarantine_id)
-        if record is not None and reply.code >= 400:
-            # The client will send it again: the copy held now must not stay behind
-            # as a second hold (and, once released, a second delivery).
-            await self._withdraw(env, record, reply)
-            record, quarantine_id = None, None
-        return Outcome(reply, ordered, quarantine_id, verdict.classification, rules, record)
+        if records and reply.code >= 400:
+            # The client will send it again: the copies held now must not stay behind
+            # as second holds (and, once released, second deliveries).
+            await self._withdraw(env, records, reply)
+            records, quarantine_id = [], None
+        return Outcome(reply, ordered, quarantine_id, verdict.classification, rules, records)
 
-    async def _withdraw(self, env: Envelope, record: QuarantineRecord, reply: Reply) -> None:
+    async def _withdraw(self, env: Envelope, records: list[QuarantineRecord], reply: Reply) -> None:
         store = self.store
         if store is None:
             return
-        try:
-            await asyncio.to_thread(
-                store.transition,
-                record.id,
-                DELETED,
-                "gateway",
-                f"transaction answered {reply.code}: the client retries",
-                action="withdraw",
-            )
-        except Exception as exc:
-            log.failure("withdraw-failed", exc, id=env.queue_id, quarantine_id=record.id)
+        for record in records:
+            try:
+                await asyncio.to_thread(
+                    store.transition,
+                    record.id,
+                    DELETED,
+                    "gateway",
+                    f"transaction answered {reply.code}: the client retries",
+                    action="withdraw",
+                )
+            except Exception as exc:
+                log.failure("withdraw-failed", exc, id=env.queue_id, quarantine_id=record.id)
 
     async def _deliver(
         self,
@@ -440,6 +447,9 @@ class Pipeline:
         findings: Findings | None,
         verdict: Verdict,
         held: list[RecipientVerdict],
+        *,
+        route: str,
+        rewrites: tuple[Rewrite, ...],
     ) -> QuarantineRecord:
         if self.store is None:
             raise RuntimeError("quarantine verdict but no quarantine store is configured")
@@ -455,7 +465,11 @@ class Pipeline:
             labels=tuple(sorted({lb.raw for lb in findings.labels})) if findings else (),
             rules=tuple(dict.fromkeys(x for r in held for x in r.rules)),
             clauses=tuple(dict.fromkeys(x for r in held for x in r.clauses)),
-            findings=_summary(findings, verdict),
+            findings={
+                **_summary(findings, verdict),
+                "release_rewrites": [rw.to_dict() for rw in rewrites],
+            },
+            route=route,
             queue_id=env.queue_id,
         )
         store = self.store

@@ -261,3 +261,37 @@ def test_notify_is_honoured_and_test_mode_stays_silent(sink: Sink, gateway_facto
     alert = by_to[alert_to]
     assert b"pesaing" in alert and b"x@pesaing.example: ditolak / rejected" in alert
     assert b"multipart/report" in by_to[("budi@dinas.jakarta.go.id",)]
+
+
+def test_release_takes_the_way_the_hold_interrupted(sink: Sink, gateway_factory: Any) -> None:
+    """RAHASIA with an encrypted part: a ministry address would go through sanapati
+    with X-Klasifikasi, a gmail address through the upstream; both are held for the
+    encrypted part, and each release goes the way it would have gone."""
+    from tests.inspect.builders import encrypted_zip
+
+    secure = Sink()
+    secure.controller.start()
+    try:
+        gw = gateway_factory(
+            upstream=f"smtp://127.0.0.1:{sink.port}",
+            routes={"sanapati": {"url": f"smtp://127.0.0.1:{secure.port}", "tls": "none"}},
+            policy=POLICY, notices={"from": "postmaster@jakarta.go.id", "enabled": False})
+        data = message("[RAHASIA] Data", attachment=("arsip.zip", encrypted_zip("a.txt", b"x")))
+        code, text = transaction(gw.port, "budi@dinas.jakarta.go.id",
+                                 ["x@kemendagri.go.id", "s@gmail.com"], data)
+        assert code == 250 and b"2 penerima ditahan" in text
+        held = json.loads(milter(gw, "quarantine", "list", "--json").stdout)
+        by_rcpt = {r["recipients"][0]: r for r in held}
+        assert set(by_rcpt) == {"x@kemendagri.go.id", "s@gmail.com"}
+        for record in held:
+            assert record["id"].encode() in text
+            r = milter(gw, "quarantine", "release", record["id"], "--reason", "disetujui")
+            assert r.returncode == 0, r.stderr
+        [ministry] = secure.wait_for(1)
+        assert ministry.rcpt_tos == ["x@kemendagri.go.id"]
+        assert b"X-Klasifikasi: RAHASIA\r\n" in ministry.data
+        [outside] = [m for m in sink.wait_for(1) if m.mail_from not in ("", "<>")]
+        assert outside.rcpt_tos == ["s@gmail.com"]
+        assert b"X-Klasifikasi" not in outside.data
+    finally:
+        secure.controller.stop()

@@ -279,8 +279,12 @@ class Policy:
         # A route (to ``upstream`` or elsewhere) delivers; only a delivery has a route.
         action: Action = "quarantine" if kind == "quarantine" else "deliver"
         route = None
+        release_route: str | None = None
+        release_rewrites: tuple[Rewrite, ...] = ()
         if action == "deliver":
             route = winner.route if winner is not None and winner.route else "upstream"
+        else:
+            release_route, release_rewrites = self._without_hold(matched, rendered, values)
         verdict = RecipientVerdict(
             address,
             action,
@@ -289,8 +293,32 @@ class Policy:
             tuple(clauses),
             rewrites=tuple(rewrites),
             bcc=tuple(bcc),
+            release_route=release_route,
+            release_rewrites=release_rewrites,
         )
         return verdict, decisive
+
+    def _without_hold(
+        self,
+        matched: list[Rule],
+        rendered: dict[int, tuple[Rewrite, ...]],
+        values: dict[str, str],
+    ) -> tuple[str, tuple[Rewrite, ...]]:
+        """The route and rewrites a held recipient would have had with no hold: what
+        an officer's release must send (sanapati stays sanapati, with its header)."""
+        routed = None
+        for r in matched:
+            if r.terminal is not None and _kind(r) == "route" and routed is None:
+                routed = r
+        kind = "route" if routed is not None else "deliver"
+        rewrites: list[Rewrite] = []
+        for r in matched:
+            if r.terminal is None or (
+                _kind(r) == kind and (routed is None or r.route == routed.route)
+            ):
+                rewrites.extend(self._rewrites(r, rendered, values))
+        route = routed.route if routed is not None and routed.route else "upstream"
+        return route, tuple(rewrites)
 
     @staticmethod
     def _rewrites(

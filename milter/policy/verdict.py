@@ -37,6 +37,12 @@ class Rewrite:
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "rule": self.rule, **dict(self.args)}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Rewrite:
+        """The inverse of ``to_dict`` (a quarantine record keeps its rewrites as JSON)."""
+        args = {k: v for k, v in data.items() if k not in ("kind", "rule")}
+        return cls(str(data["kind"]), tuple(args.items()), str(data.get("rule", "")))
+
 
 @dataclass(frozen=True)
 class RuleResult:
@@ -82,6 +88,10 @@ class RecipientVerdict:
     reject_text: str | None = None
     rewrites: tuple[Rewrite, ...] = ()
     bcc: tuple[str, ...] = ()
+    # For a held recipient: where, and changed how, it would have gone without the
+    # hold; the quarantine keeps both so that a release sends it that way.
+    release_route: str | None = None
+    release_rewrites: tuple[Rewrite, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {

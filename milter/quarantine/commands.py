@@ -24,6 +24,7 @@ from typing import Any
 from milter.cli import CommandError, load_config
 from milter.config import GatewayConfig, parse_duration
 from milter.envelope import domain_of
+from milter.policy.verdict import Rewrite
 from milter.quarantine.store import (
     DELETED,
     HELD,
@@ -223,6 +224,16 @@ def _release(args: argparse.Namespace) -> int:
             data = store.read(rec.id)
         except QuarantineError as exc:
             raise CommandError(str(exc)) from None
+        rewrites = [Rewrite.from_dict(d) for d in rec.findings.get("release_rewrites", ())]
+        if rewrites:
+            # What the held recipients would have got without the hold (for example
+            # X-Klasifikasi on the way to sanapati), applied now that they get it.
+            from milter.actions.rewrite import RewriteError, apply
+
+            try:
+                data = apply(data, rewrites)
+            except RewriteError as exc:
+                raise CommandError(f"{rec.id}: cannot apply its rewrites: {exc}") from None
         if config.dkim:
             from milter.actions.dkim import DkimError, sign
 

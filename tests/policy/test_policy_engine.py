@@ -516,3 +516,24 @@ def test_policy_without_classifications_uses_the_default_scheme() -> None:
 def test_in_set_unknown_set() -> None:
     with pytest.raises(KeyError):
         policy("").in_set("nope", "a@b.example")
+
+
+def test_a_held_recipient_keeps_the_way_it_would_have_gone() -> None:
+    p = policy("""\
+  - name: secure-route
+    when: {recipient: {domain: [sanapati.net]}}
+    then: [{route: sanapati}, {add_header: {name: X-Via, value: sanapati}}]
+  - name: tag
+    then: [{add_header: {name: X-Tag, value: "1"}}]
+  - name: hold-all
+    when: {classification: {at_least: RAHASIA}}
+    then: [quarantine, {add_header: {name: X-Held, value: "1"}}]
+""", routes=["sanapati"])
+    v = run(p, Findings(classification="RAHASIA"), to=("t@sanapati.net", "a@gmail.com"))
+    secure, outside = v.recipients
+    assert (secure.action, secure.release_route) == ("quarantine", "sanapati")
+    assert [rw.arg("name") for rw in secure.release_rewrites] == ["X-Via", "X-Tag"]
+    assert (outside.action, outside.release_route) == ("quarantine", "upstream")
+    assert [rw.arg("name") for rw in outside.release_rewrites] == ["X-Tag"]
+    delivered = run(p, Findings(), to=("t@sanapati.net",)).recipients[0]
+    assert (delivered.route, delivered.release_route) == ("sanapati", None)
