@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from milter import log
 from milter.config import GatewayConfig, Route
 from milter.message import CHUNK, Message
 from milter.replies import Reply
@@ -59,6 +61,10 @@ class DeliveryError(Exception):
     def __init__(self, reply: Reply) -> None:
         super().__init__(reply.line())
         self.reply = reply
+
+
+class TlsFailed(DeliveryError):
+    """The TLS handshake with a next hop failed (after it offered STARTTLS)."""
 
 
 def split_status(text: str) -> tuple[str, str]:
@@ -139,7 +145,7 @@ class SmtpConnection:
                                 timeout,
                             )
                         except (OSError, TimeoutError, ssl.SSLError) as exc:
-                            raise DeliveryError(
+                            raise TlsFailed(
                                 Reply(
                                     451, f"TLS with {route.name} failed: {_describe(exc)}", "4.7.5"
                                 )
@@ -382,7 +388,15 @@ class Deliverer:
             else:
                 self._give(conn)
                 return result
-        conn = await SmtpConnection.open(route, self.config.hostname)
+        try:
+            conn = await SmtpConnection.open(route, self.config.hostname)
+        except TlsFailed as exc:
+            if route.tls != "opportunistic":
+                raise
+            # Opportunistic means "encrypt when the peer can": a peer whose TLS is
+            # broken gets the mail in clear rather than never (as Postfix does).
+            log.event("tls-fallback", logging.WARNING, route=route.name, error=str(exc))
+            conn = await SmtpConnection.open(replace(route, tls="none"), self.config.hostname)
         try:
             result = await conn.transaction(mail_from, rcpts, message, smtputf8)
         except BaseException:

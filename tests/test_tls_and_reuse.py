@@ -125,3 +125,38 @@ def test_idle_upstream_connection_closed_by_peer_is_replaced(gateway_factory: An
         assert len(handler.messages) == 2
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def broken_tls_sink(cert: tuple[Path, Path]) -> Any:
+    """Offers STARTTLS, then fails every handshake (it demands a client certificate)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(str(cert[0]))
+    handler = SinkHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, tls_context=ctx,
+                            require_starttls=False)
+    controller.start()
+    yield port, handler
+    controller.stop()
+
+
+def test_opportunistic_tls_falls_back_to_clear_but_required_does_not(
+        broken_tls_sink: Any, gateway_factory: Any) -> None:
+    port, handler = broken_tls_sink
+    strict = gateway_factory(upstream={"url": f"smtp://127.0.0.1:{port}", "tls": "required"})
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        send(strict.port)
+    assert exc.value.smtp_code == 451 and b"4.7.5" in exc.value.smtp_error
+    assert handler.messages == []
+    relaxed = gateway_factory(upstream={"url": f"smtp://127.0.0.1:{port}",
+                                        "tls": "opportunistic"})
+    assert send(relaxed.port) == {}
+    deadline = time.monotonic() + 5
+    while not handler.messages and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(handler.messages) == 1
+    assert '"event": "tls-fallback"' in relaxed.log()
