@@ -152,6 +152,36 @@ def best_of(
     return direct, via
 
 
+Row = tuple[str, float, float, float, float]
+
+
+def measure(
+    label: str,
+    direct_port: int,
+    gateway_port: int,
+    *,
+    path: Path,
+    data: bytes,
+    args: argparse.Namespace,
+    count: int,
+) -> Row:
+    """One table row: both rates (after a warm-up of the gateway) and the latency the
+    gateway adds at the median and the 99th percentile."""
+    smtp_source(gateway_port, path, min(200, count), args.sessions)
+    direct, via = best_of(
+        args.repeat, direct_port, gateway_port, path, count=count, sessions=args.sessions
+    )
+    lat_direct = probe(direct_port, data, args.probe)
+    lat_gw = probe(gateway_port, data, args.probe)
+    return (
+        label,
+        direct,
+        via,
+        pct(lat_gw, 0.5) - pct(lat_direct, 0.5),
+        pct(lat_gw, 0.99) - pct(lat_direct, 0.99),
+    )
+
+
 def probe(port: int, data: bytes, count: int) -> list[float]:
     """Per-message latency in ms of a sequential client over one connection."""
     out = []
@@ -210,19 +240,15 @@ def main() -> None:
                     continue  # measured with the policy below; the 100 KB one carries it here
                 size = len(messages[name]) // 1024
                 smtp_source(sink_port, path, min(200, args.count), args.sessions)  # warm-up
-                smtp_source(gw_port, path, min(200, args.count), args.sessions)
-                direct, via = best_of(
-                    args.repeat, sink_port, gw_port, path, count=args.count, sessions=args.sessions
-                )
-                lat_direct = probe(sink_port, messages[name], args.probe)
-                lat_gw = probe(gw_port, messages[name], args.probe)
                 rows.append(
-                    (
+                    measure(
                         f"{name} ({size} KB), pass-through",
-                        direct,
-                        via,
-                        pct(lat_gw, 0.5) - pct(lat_direct, 0.5),
-                        pct(lat_gw, 0.99) - pct(lat_direct, 0.99),
+                        sink_port,
+                        gw_port,
+                        path=path,
+                        data=messages[name],
+                        args=args,
+                        count=args.count,
                     )
                 )
         finally:
@@ -232,20 +258,15 @@ def main() -> None:
             try:
                 path = files["report"]
                 size = len(messages["report"]) // 1024
-                count = max(200, args.count // 4)
-                smtp_source(gw_port, path, 100, args.sessions)
-                direct, via = best_of(
-                    args.repeat, sink_port, gw_port, path, count=count, sessions=args.sessions
-                )
-                lat_direct = probe(sink_port, messages["report"], args.probe // 2)
-                lat_gw = probe(gw_port, messages["report"], args.probe // 2)
                 rows.append(
-                    (
+                    measure(
                         f"report ({size} KB), SE 79 policy",
-                        direct,
-                        via,
-                        pct(lat_gw, 0.5) - pct(lat_direct, 0.5),
-                        pct(lat_gw, 0.99) - pct(lat_direct, 0.99),
+                        sink_port,
+                        gw_port,
+                        path=path,
+                        data=messages["report"],
+                        args=args,
+                        count=max(200, args.count // 4),
                     )
                 )
             finally:

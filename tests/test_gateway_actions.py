@@ -26,6 +26,18 @@ def milter(gw: Any, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
 
 
+def keygen(tmp_path: Path) -> tuple[Path, str]:
+    """A signing key for jakarta.go.id (selector gw1) and its DNS TXT value, by the CLI."""
+    keys = tmp_path / "dkim"
+    r = subprocess.run([sys.executable, "-m", "milter", "dkim", "keygen", "--domain",
+                        "jakarta.go.id", "--selector", "gw1", "--dir", str(keys)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    txt = "".join(re.findall(r'"([^"]*)"', r.stdout))   # the zone record's strings
+    assert txt.startswith("v=DKIM1;")
+    return next(keys.glob("*.pem")), txt
+
+
 def notices(sink: Sink, count: int, timeout: float = 5.0) -> list[Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -147,14 +159,7 @@ def test_audit_rule_delivers_and_alerts_officers(gateway: Any, sink: Sink) -> No
 
 def test_dkim_signature_verifies_after_the_rewrite(sink: Sink, gateway_factory: Any,
                                                    tmp_path: Path) -> None:
-    keys = tmp_path / "dkim"
-    r = subprocess.run([sys.executable, "-m", "milter", "dkim", "keygen", "--domain",
-                        "jakarta.go.id", "--selector", "gw1", "--dir", str(keys)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert r.returncode == 0, r.stderr
-    key_file = next(keys.glob("*.pem"))
-    txt = "".join(re.findall(r'"([^"]*)"', r.stdout))   # the zone record's strings
-    assert txt.startswith("v=DKIM1;")
+    key_file, txt = keygen(tmp_path)
     gw = gateway_factory(upstream=f"smtp://127.0.0.1:{sink.port}",
                          routes={"sanapati": f"smtp://127.0.0.1:{sink.port}"},
                          policy=POLICY,
@@ -217,14 +222,9 @@ def test_a_deferred_transaction_leaves_no_hold_behind(gateway: Any, sink: Sink) 
 
 def test_mail_dkim_cannot_sign_goes_out_unsigned(sink: Sink, gateway_factory: Any,
                                                  tmp_path: Path) -> None:
-    keys = tmp_path / "dkim"
-    r = subprocess.run([sys.executable, "-m", "milter", "dkim", "keygen", "--domain",
-                        "jakarta.go.id", "--selector", "gw1", "--dir", str(keys)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert r.returncode == 0, r.stderr
     gw = gateway_factory(upstream=f"smtp://127.0.0.1:{sink.port}",
                          dkim=[{"domain": "jakarta.go.id", "selector": "gw1",
-                                "key_file": str(next(keys.glob("*.pem")))}])
+                                "key_file": str(keygen(tmp_path)[0])}])
     cron = b"Subject: laporan harian\r\n\r\nselesai\r\n"   # no From: header at all
     code, _ = transaction(gw.port, "cron@server.jakarta.go.id", ["admin@jakarta.go.id"], cron)
     assert code == 250
