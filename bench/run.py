@@ -240,7 +240,15 @@ def main() -> None:
     ap.add_argument("--no-policy", action="store_true", help="skip the policy-enforced run")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    messages = {"5 KB": small_message(), "report": report_message(), "100 KB": hundred_kb_message()}
+    # CRLF, as a mail server sends them (the generators write LF, like most libraries).
+    messages = {
+        name: data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        for name, data in (
+            ("5 KB", small_message()),
+            ("report", report_message()),
+            ("100 KB", hundred_kb_message()),
+        )
+    }
     files = {}
     for name, data in messages.items():
         path = OUT / f"{name.replace(' ', '')}.eml"
@@ -289,7 +297,7 @@ def main() -> None:
             finally:
                 stop(gw)
 
-        big = big_message(25 << 20)
+        big = big_message(25 << 20).replace(b"\n", b"\r\n")
         big_rows = [big_relay(sink_port, big, policy=False)]
         if not args.no_policy and (ROOT / "policies" / "se-79-2019.yaml").exists():
             big_rows.append(big_relay(sink_port, big, policy=True))
