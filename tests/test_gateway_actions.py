@@ -295,3 +295,28 @@ def test_release_takes_the_way_the_hold_interrupted(sink: Sink, gateway_factory:
         assert b"X-Klasifikasi" not in outside.data
     finally:
         secure.controller.stop()
+
+
+def test_quarantine_store_failure_is_451_and_nothing_leaves(sink: Sink, gateway_factory: Any,
+                                                            tmp_path: Path) -> None:
+    spool = tmp_path / "held"
+    gw = gateway_factory(upstream=f"smtp://127.0.0.1:{sink.port}",
+                         routes={"sanapati": f"smtp://127.0.0.1:{sink.port}"}, policy=POLICY,
+                         quarantine={"database": f"sqlite:///{tmp_path}/q.sqlite3",
+                                     "spool": str(spool)})
+    aside = tmp_path / "held-aside"
+    spool.rename(aside)
+    spool.write_text("not a directory")   # the disk the spool lives on is gone
+    code, text = transaction(gw.port, "budi@dinas.jakarta.go.id",
+                             ["sari@gmail.com", "adi@bpkd.jakarta.go.id"],
+                             message("[RAHASIA] Nota dinas"))
+    assert code == 451 and b"4.3.0" in text
+    time.sleep(0.3)
+    assert sink.messages == [], "nothing is delivered when the hold cannot be made durable"
+    assert '"event": "quarantine-failed"' in gw.log()
+    spool.unlink()
+    aside.rename(spool)   # and comes back
+    code, _ = transaction(gw.port, "budi@dinas.jakarta.go.id",
+                          ["sari@gmail.com", "adi@bpkd.jakarta.go.id"],
+                          message("[RAHASIA] Nota dinas"))
+    assert code == 250, "the retry succeeds once the spool is back"
