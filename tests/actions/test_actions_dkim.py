@@ -167,35 +167,15 @@ def test_bad_key_file(tmp_path: Path) -> None:
 
 
 def test_cli_keygen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(
-        [
-            "dkim",
-            "keygen",
-            "--domain",
-            "jakarta.go.id",
-            "--selector",
-            "gw2",
-            "--dir",
-            str(tmp_path / "keys"),
-        ]
-    )
+    args = ["dkim", "keygen", "--domain", "jakarta.go.id", "--selector", "gw2"]
+    args += ["--dir", str(tmp_path / "keys")]
+    rc = main(args)
     out, err = capsys.readouterr()
     assert rc == 0
     key = tmp_path / "keys" / "gw2.jakarta.go.id.pem"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert out.startswith("gw2._domainkey.jakarta.go.id. IN TXT")
     assert str(key) in err
-    rc = main(
-        [
-            "dkim",
-            "keygen",
-            "--domain",
-            "jakarta.go.id",
-            "--selector",
-            "gw2",
-            "--dir",
-            str(tmp_path / "keys"),
-        ]
-    )
+    rc = main(args)  # a second key under the same name is refused, never overwritten
     assert rc == 1
     assert "not overwriting" in capsys.readouterr().err
