@@ -60,6 +60,8 @@ class StoreLike(Protocol):
 class Notifier(Protocol):
     """Sends notices after the outcome is known; failures never change the outcome."""
 
+    policy: Any  # who counts as internal: the running policy's ``internal`` set
+
     async def after(
         self,
         envelope: Envelope,
@@ -170,6 +172,13 @@ class Pipeline:
         self.sign = sign
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inspect")
         self._background: set[asyncio.Task[None]] = set()
+
+    def use_policy(self, policy: PolicyLike, inspector: Inspector) -> None:
+        """Switch to a reloaded policy; messages already being decided keep the old one."""
+        self.policy = policy
+        self.inspector = inspector
+        if self.notifier is not None:
+            self.notifier.policy = policy
 
     async def process(self, env: Envelope, message: Message) -> Outcome:
         started = time.monotonic()

@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from milter.config import GatewayConfig
@@ -37,10 +38,7 @@ def config_check(args: argparse.Namespace) -> int:
     from milter.cli import load_config
 
     config = load_config(args)
-    components = build_components(config)
-    store = components.get("store")
-    if store is not None:
-        store.close()
+    build_components(config).close()
     policy = f"{len(config.policy)} policy file(s)" if config.policy else "no policy (pass-through)"
     print(f"{config.path}: ok ({policy}, upstream {config.upstream.url})")
     return 0
@@ -69,29 +67,46 @@ def serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise CommandError(f"cannot listen: {exc.strerror or exc}") from None
         return 0
+    components.close()  # each worker opens its own: database handles do not cross fork()
     return supervise(config)
 
 
-def build_components(config: GatewayConfig) -> dict[str, Any]:
-    """Everything the pipeline needs besides the event loop, validated up front."""
+@dataclass
+class Components:
+    """What the pipeline needs besides the event loop, loaded and validated up front."""
+
+    policy: Any = None  # milter.policy.engine.Policy
+    store: Any = None  # milter.quarantine.store.QuarantineStore
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+
+def build_components(config: GatewayConfig) -> Components:
+    """Load the policy, open the quarantine, read the keys and notice templates: every
+    mistake is reported here, as one line, before a socket is bound."""
     from milter.cli import CommandError
 
-    out: dict[str, Any] = {}
+    out = Components()
     if config.policy:
-        from milter.inspect.findings import Findings  # noqa: F401 - import check
+        from milter.actions.notices import NoticeError, Templates
         from milter.policy.engine import Policy, PolicyError
+        from milter.quarantine.store import QuarantineError, open_store
 
         try:
-            out["policy"] = Policy.load(config.policy, routes=set(config.routes))
+            out.policy = Policy.load(config.policy, routes=set(config.routes))
         except PolicyError as exc:
             raise CommandError(
                 str(exc).splitlines()[0]
                 + (f" (and {len(exc.errors) - 1} more)" if len(exc.errors) > 1 else "")
             ) from None
-        from milter.quarantine.store import QuarantineError, open_store
-
         try:
-            out["store"] = open_store(config.quarantine)
+            Templates.load(config.notices.templates)
+        except NoticeError as exc:
+            raise CommandError(f"notices: {exc}") from None
+        try:
+            out.store = open_store(config.quarantine)
         except (QuarantineError, OSError) as exc:
             raise CommandError(f"quarantine: {exc}") from None
     if config.dkim:
@@ -100,30 +115,35 @@ def build_components(config: GatewayConfig) -> dict[str, Any]:
         try:
             load_keys(config.dkim)
         except DkimError as exc:
+            out.close()
             raise CommandError(f"dkim: {exc}") from None
     return out
 
 
-def make_pipeline(config: GatewayConfig, components: dict[str, Any]) -> Any:
+def inspector_for(policy: Any, config: GatewayConfig) -> Any:
+    """The inspector, reading labels with the policy's own levels and aliases."""
     from functools import partial
 
+    from milter.inspect import inspect_message
+
+    return partial(inspect_message, scheme=policy.scheme, limits=config.inspect)
+
+
+def make_pipeline(config: GatewayConfig, components: Components) -> Any:
     from milter.delivery import Deliverer
     from milter.pipeline import Pipeline
 
-    policy = components.get("policy")
     deliverer = Deliverer(config)
     kwargs: dict[str, Any] = {}
-    if policy is not None:
+    if components.policy is not None:
         from milter.actions.rewrite import apply
-        from milter.inspect import inspect_message
-
-        kwargs["policy"] = policy
-        kwargs["inspector"] = partial(inspect_message, scheme=policy.scheme, limits=config.inspect)
-        kwargs["store"] = components.get("store")
-        kwargs["rewrite"] = apply
         from milter.notify import GatewayNotifier
 
-        kwargs["notifier"] = GatewayNotifier(config, policy, deliverer)
+        kwargs["policy"] = components.policy
+        kwargs["inspector"] = inspector_for(components.policy, config)
+        kwargs["store"] = components.store
+        kwargs["rewrite"] = apply
+        kwargs["notifier"] = GatewayNotifier(config, components.policy, deliverer)
     if config.dkim:
         from milter.actions.dkim import signer
 
@@ -144,21 +164,12 @@ def reload_policy(config: GatewayConfig, pipeline: Any) -> None:
         metrics.POLICY_RELOADS.labels("error").inc()
         log.event("policy-reload-failed", 40, errors=str(exc).splitlines())
         return
-    from functools import partial
-
-    from milter.inspect import inspect_message
-
-    pipeline.policy = policy
-    pipeline.inspector = partial(inspect_message, scheme=policy.scheme, limits=config.inspect)
-    if pipeline.notifier is not None:
-        pipeline.notifier.policy = policy
+    pipeline.use_policy(policy, inspector_for(policy, config))
     metrics.POLICY_RELOADS.labels("ok").inc()
     log.event("policy-reloaded", files=list(config.policy))
 
 
-async def run(
-    config: GatewayConfig, components: dict[str, Any], *, reuse_port: bool = False
-) -> None:
+async def run(config: GatewayConfig, components: Components, *, reuse_port: bool = False) -> None:
     from milter import log
     from milter.smtp.proxy import Gateway
 
