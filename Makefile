@@ -46,6 +46,7 @@ lint: $(STAMP)
 bench: deps $(STAMP)
 	$(BIN)/python -m bench.bench_inspect --rounds 300 --big
 	$(BIN)/python -m bench.bench_policy --rounds 3000
+	$(BIN)/python -m bench.bench_quarantine
 	$(BIN)/python bench/run.py
 
 clean:
