@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 _ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"
@@ -34,6 +35,33 @@ def domain_of(address: str) -> str:
 
 
 @dataclass(frozen=True)
+class Dsn:
+    """The RFC 3461 parameters a client gave, passed on where the next hop offers DSN.
+
+    Kept as the client wrote them (``ENVID`` and ``ORCPT`` are xtext): the gateway only
+    relays them, the next hop is the one that generates the notifications.
+    """
+
+    ret: str = ""  # FULL or HDRS
+    envid: str = ""
+    notify: Mapping[str, str] = field(default_factory=dict)  # recipient -> NOTIFY value
+    orcpt: Mapping[str, str] = field(default_factory=dict)  # recipient -> ORCPT value
+
+    def __bool__(self) -> bool:
+        return bool(self.ret or self.envid or self.notify or self.orcpt)
+
+    def mail_params(self) -> str:
+        """The MAIL FROM parameters, each with a leading space."""
+        out = f" RET={self.ret}" if self.ret else ""
+        return out + (f" ENVID={self.envid}" if self.envid else "")
+
+    def rcpt_params(self, address: str) -> str:
+        """The RCPT TO parameters of one recipient, each with a leading space."""
+        notify, orcpt = self.notify.get(address), self.orcpt.get(address)
+        return (f" NOTIFY={notify}" if notify else "") + (f" ORCPT={orcpt}" if orcpt else "")
+
+
+@dataclass(frozen=True)
 class Envelope:
     """Who sent what to whom, as said in MAIL FROM / RCPT TO, not in the headers."""
 
@@ -46,3 +74,22 @@ class Envelope:
     esmtp: bool = True
     queue_id: str = field(default_factory=new_id)
     received_at: float = field(default_factory=time.time)
+    # Where it came from, as the MTA in front of the gateway told it (milter macros or
+    # XFORWARD); empty when unknown. ``mta_queue_id`` is that MTA's queue id, which
+    # lets an administrator follow one message from Postfix's log into the gateway's.
+    frontend: str = "smtp"  # smtp | milter
+    client_name: str = ""
+    login: str = ""  # the sender's SASL login name
+    mta_queue_id: str = ""
+    dsn: Dsn = field(default_factory=Dsn)
+
+    def origin(self) -> dict[str, str]:
+        """The fields the log line, the quarantine record and the alerts share."""
+        return {
+            "frontend": self.frontend,
+            "client_address": self.client_addr,
+            "client_name": self.client_name,
+            "helo": self.helo,
+            "login": self.login,
+            "queue_id": self.mta_queue_id,
+        }
