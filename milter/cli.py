@@ -1,4 +1,4 @@
-"""The ``milter`` command: one entry point, each area registers its own subcommands.
+"""The ``milter`` command: one entry point over the subcommands in ``milter.commands``.
 
 Exit codes are a contract (DESIGN.md section 3): 0 success, 1 the thing checked is
 invalid or an operation failed, 2 usage errors. Errors are one line, no traceback.
@@ -7,34 +7,20 @@ invalid or an operation failed, 2 usage errors. Errors are one line, no tracebac
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Callable, Sequence
 
 from milter import __version__
-from milter.config import ConfigError, GatewayConfig, default_config_path, load
+from milter.commands import dkim, inspect, policy, quarantine, serve
+from milter.config import ConfigError, default_config_path
+from milter.errors import UserError
 from milter.yamlsource import SourceError
 
-# Modules that contribute subcommands through ``register(subparsers)``. Each sets
-# ``func`` on its parsers: a callable taking the parsed arguments, returning an exit code.
-COMMAND_MODULES = (
-    "milter.smtp.commands",
-    "milter.inspect.commands",
-    "milter.policy.commands",
-    "milter.quarantine.commands",
-    "milter.actions.commands",
-)
+# Each module adds its subcommands through ``register(subparsers)`` and sets ``func`` on
+# its parsers: a callable taking the parsed arguments, returning an exit code.
+COMMAND_MODULES = (serve, inspect, policy, quarantine, dkim)
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-class CommandError(Exception):
-    """An operation failed in a way the user should read as one line (exit 1)."""
-
-
-def load_config(args: argparse.Namespace) -> GatewayConfig:
-    """The gateway configuration named by ``-c``, ``$MILTER_CONFIG`` or the default path."""
-    return load(args.config or default_config_path())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,13 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"milter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
+    for module in COMMAND_MODULES:
         module.register(sub)
     return parser
 
@@ -66,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Handler = args.func
     try:
         return func(args)
-    except (ConfigError, SourceError, CommandError) as exc:
+    except (ConfigError, SourceError, UserError) as exc:
         print(f"milter: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

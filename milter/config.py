@@ -40,7 +40,7 @@ class Route:
     """A next hop: ``smtp://host:port``, ``smtps://host:port`` or ``maildir:PATH``."""
 
     name: str
-    url: str
+    url: str = field(repr=False)  # may hold user:password; display_url is the safe form
     tls: str = "opportunistic"
     scheme: str = "smtp"
     host: str = ""
@@ -48,7 +48,16 @@ class Route:
     path: str = ""  # maildir
     timeout: float = 60.0
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def display_url(self) -> str:
+        """The URL as logs and replies may show it: never the password."""
+        if self.scheme == "maildir":
+            return f"maildir:{self.path}"
+        user = f"{self.username}@" if self.username else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{user}{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,23 @@ class DkimKey:
 
 
 @dataclass(frozen=True)
+class MilterConfig:
+    """The milter-protocol front-end (Postfix ``smtpd_milters``, Sendmail ``INPUT_MAIL_FILTER``).
+
+    ``listen`` holds libmilter-style socket specs: ``inet:HOST:PORT``, ``inet6:[HOST]:PORT``
+    or ``unix:/path``. ``progress_interval`` is how often a message still being decided
+    tells the MTA to keep waiting (it must stay under Postfix's milter_content_timeout).
+    """
+
+    listen: tuple[str, ...] = ()
+    timeout: float = 300.0
+    progress_interval: float = 10.0
+
+
+_MILTER_SPEC = re.compile(r"^(inet:[^:\s]+:\d{1,5}|inet6:\[[^\]\s]+\]:\d{1,5}|unix:/\S+)$")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole gateway configuration (DESIGN.md section 3)."""
 
@@ -128,6 +154,7 @@ class GatewayConfig:
     inspect: InspectLimits = field(default_factory=InspectLimits)
     log_level: str = "INFO"
     shutdown_grace: float = 30.0
+    milter: MilterConfig = field(default_factory=MilterConfig)
 
     def route(self, name: str) -> Route:
         return self.upstream if name == "upstream" else self.routes[name]
@@ -216,6 +243,13 @@ class _Reader:
     def integer(self, value: Any, path: KeyPath, minimum: int = 0) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise self.fail(path, f"expected an integer >= {minimum}")
+        return value
+
+    def boolean(self, value: Any, path: KeyPath) -> bool:
+        """YAML's true/false only: ``bool("false")`` is True, the opposite of what the
+        administrator wrote."""
+        if not isinstance(value, bool):
+            raise self.fail(path, f"expected true or false, got {value!r}")
         return value
 
     def strings(self, value: Any, path: KeyPath) -> tuple[str, ...]:
@@ -312,6 +346,7 @@ _TOP = {
     "inspect",
     "log_level",
     "shutdown_grace",
+    "milter",
 }
 
 
@@ -325,8 +360,25 @@ def from_source(src: Source) -> GatewayConfig:
             r.conv(v, ("listen", i), parse_hostport)
             for i, v in enumerate(r.strings(d["listen"], ("listen",)))
         )
-        if not kw["listen"]:
-            raise r.fail(("listen",), "at least one address is needed")
+    if "milter" in d:
+        mc = r.mapping(d["milter"], ("milter",), {"listen", "timeout", "progress_interval"})
+        mkw: dict[str, Any] = {}
+        if "listen" in mc:
+            specs = r.strings(mc["listen"], ("milter", "listen"))
+            for i, listen_spec in enumerate(specs):
+                if not _MILTER_SPEC.match(listen_spec):
+                    raise r.fail(
+                        ("milter", "listen", i),
+                        "expected inet:HOST:PORT, inet6:[HOST]:PORT or unix:/PATH, "
+                        f"got {listen_spec!r}",
+                    )
+            mkw["listen"] = specs
+        for key in ("timeout", "progress_interval"):
+            if key in mc:
+                mkw[key] = r.conv(mc[key], ("milter", key), parse_duration)
+        kw["milter"] = MilterConfig(**mkw)
+    if "listen" in kw and not kw["listen"] and not kw.get("milter", MilterConfig()).listen:
+        raise r.fail(("listen",), "nothing to serve: no listen address and no milter.listen")
     if "hostname" in d:
         kw["hostname"] = r.string(d["hostname"], ("hostname",))
     if "clients" in d:
@@ -399,7 +451,7 @@ def from_source(src: Source) -> GatewayConfig:
         if "rate_limit" in n:
             nkw["rate_limit"] = r.integer(n["rate_limit"], ("notices", "rate_limit"))
         if "enabled" in n:
-            nkw["enabled"] = bool(n["enabled"])
+            nkw["enabled"] = r.boolean(n["enabled"], ("notices", "enabled"))
         kw["notices"] = NoticesConfig(**nkw)
     if "dkim" in d:
         keys = d["dkim"] or []

@@ -33,7 +33,7 @@ Rewrite kinds (``milter.policy.verdict.Rewrite``) and their arguments:
 The strip_attachments selector is the policy's attachment selector, as
 ``milter.policy.schema`` normalises it (``type``, ``declared_type``, ``name``,
 ``extension``, ``size``, ``depth`` and the flags ``executable``, ``mismatch``,
-``archive`` ...), matched by ``milter.policy.conditions.selector_matches``: one
+``archive`` ...), matched by ``milter.policy.conditions.selector_matcher``: one
 language for "which attachments" in conditions and in stripping. Each attachment is
 described the way the inspector describes a part (true type by libmagic, the
 inspector's executable and mismatch rules), so a rule strips what its condition saw.
@@ -61,8 +61,15 @@ from milter import mimetree
 from milter.inspect import filetype
 from milter.inspect.findings import ARCHIVE, ATTACHMENT, EXECUTABLE, MISMATCH, Part
 from milter.mimetree import decode_words
-from milter.policy.conditions import selector_matches
-from milter.policy.verdict import Rewrite
+from milter.policy.conditions import selector_matcher
+from milter.policy.verdict import (
+    AddHeader,
+    Disclaimer,
+    RemoveHeader,
+    Rewrite,
+    StripAttachments,
+    SubjectPrefix,
+)
 
 Sniffer = Callable[[bytes], str]
 
@@ -526,18 +533,19 @@ def _replace_with_notice(ent: _Entity, text: str, top_level: bool) -> None:
     ent.changed()
 
 
-def _strip(top: _Entity, selector: Any, reason: Any, sniff: Sniffer) -> None:
-    if not isinstance(selector, Mapping) or not selector:
+def _strip(top: _Entity, selector: Mapping[str, Any], reason: Any, sniff: Sniffer) -> None:
+    if not selector:
         raise RewriteError("a strip_attachments selector is a non-empty mapping")
     reason_text = _check_value(reason if reason is not None else "", "reason") or (
         "kebijakan / policy"
     )
+    matches = selector_matcher(selector)
 
     def visit(ent: _Entity) -> None:
         maintype = ent.info.get_content_maintype()
         if maintype != "multipart" and (_is_attachment(ent) or maintype != "text"):
             att = _Attachment(ent, sniff)
-            if selector_matches(selector, _as_part(att)):
+            if matches(_as_part(att)):
                 _replace_with_notice(ent, _notice_text(att, reason_text), ent is top)
                 return
         for child in ent.children or ():
@@ -562,17 +570,17 @@ def apply(data: bytes, rewrites: Sequence[Rewrite], *, sniff: Sniffer | None = N
     sniffer = sniff or filetype.sniff
     top = _parse(data, mimetree.eol_of(data))
     for rw in rewrites:
-        if rw.kind == "subject_prefix":
-            _subject_prefix(top, rw.arg("text", ""))
-        elif rw.kind == "add_header":
-            _add_header(top, rw.arg("name"), rw.arg("value", ""))
-        elif rw.kind == "remove_header":
-            _remove_header(top, rw.arg("name"))
-        elif rw.kind == "disclaimer":
-            text = rw.arg("text")
+        if isinstance(rw, SubjectPrefix):
+            _subject_prefix(top, rw.text)
+        elif isinstance(rw, AddHeader):
+            _add_header(top, rw.name, rw.value)
+        elif isinstance(rw, RemoveHeader):
+            _remove_header(top, rw.name)
+        elif isinstance(rw, Disclaimer):
+            text = rw.text
             if not isinstance(text, str) or not text.strip():
                 raise RewriteError("a disclaimer needs its text")
-            html_text = rw.arg("html") or _default_html(text)
+            html_text = rw.html or _default_html(text)
             if not isinstance(html_text, str):
                 raise RewriteError("the disclaimer's html must be text")
             for part in _body_parts(top):
@@ -583,8 +591,8 @@ def apply(data: bytes, rewrites: Sequence[Rewrite], *, sniff: Sniffer | None = N
                     # disclaimer is better than a mangled message. (Stripping, by
                     # contrast, never skips a part: failing there fails the message.)
                     continue
-        elif rw.kind == "strip_attachments":
-            _strip(top, rw.arg("selector"), rw.arg("reason"), sniffer)
+        elif isinstance(rw, StripAttachments):
+            _strip(top, rw.selector.spec(), rw.reason, sniffer)
         else:
-            raise RewriteError(f"unknown rewrite {rw.kind!r}")
+            raise RewriteError(f"unknown rewrite {rw!r}")
     return top.serialize()

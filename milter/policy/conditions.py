@@ -15,7 +15,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -450,7 +450,7 @@ class PartSelector:
     """Which attachments: every given property must hold for the same part.
 
     Built from the normalised selector mapping (see ``schema``) so that the rewrite
-    step can select exactly the parts a rule's condition saw (``selector_matches``).
+    step can select exactly the parts a rule's condition saw (``selector_matcher``).
     """
 
     __slots__ = ("declared", "depth", "desc", "extensions", "flags", "name", "size", "type")
@@ -509,37 +509,11 @@ def describe_selector(spec: Mapping[str, Any]) -> str:
     return "; ".join(bits) or "any attachment"
 
 
-def _freeze(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    return value
-
-
-class Selector(dict[str, Any]):
-    """A ``strip_attachments`` selector as carried by a ``Rewrite``: a plain mapping for
-    JSON and templates, hashable so verdicts can be grouped by their rewrites."""
-
-    def __hash__(self) -> int:  # type: ignore[override]
-        return hash(_freeze(self))
-
-
-_SELECTORS: dict[int, tuple[Mapping[str, Any], PartSelector]] = {}
-
-
-def selector_matches(selector: Mapping[str, Any], part: Part) -> bool:
-    """Whether a part matches a ``strip_attachments`` selector taken from a ``Rewrite``.
-
-    Only files count (see ``is_file``): a message body is never stripped.
-    """
-    cached = _SELECTORS.get(id(selector))
-    if cached is None or cached[0] is not selector:
-        if len(_SELECTORS) > 256:
-            _SELECTORS.clear()
-        cached = (selector, PartSelector(selector))
-        _SELECTORS[id(selector)] = cached
-    return is_file(part) and cached[1].matches(part)
+def selector_matcher(spec: Mapping[str, Any]) -> Callable[[Part], bool]:
+    """What a ``strip_attachments`` rewrite strips: the parts its selector matches, among
+    files only (see ``is_file``), so a message body is never stripped."""
+    selector = PartSelector(spec)
+    return lambda part: is_file(part) and selector.matches(part)
 
 
 class AttachmentCondition(Condition):

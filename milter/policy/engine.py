@@ -17,11 +17,13 @@ from typing import Any
 from milter.envelope import Envelope
 from milter.inspect.findings import Findings
 from milter.inspect.labels import DEFAULT_SCHEME, LabelScheme
-from milter.policy.conditions import Context, DomainSet, Selector
+from milter.policy.conditions import Context, DomainSet
 from milter.policy.schema import Compiled, Rule, Template, compile_sources
 from milter.policy.verdict import (
+    REWRITE_KINDS,
     SEVERITY,
     Action,
+    AttachmentSelector,
     Notify,
     RecipientVerdict,
     Rewrite,
@@ -329,19 +331,19 @@ class Policy:
         done = rendered.get(id(rule))
         if done is None:
             own = {**values, "rule": rule.name, "clause": rule.clause or ""}
-            out = []
+            out: list[Rewrite] = []
             for spec in rule.rewrites:
-                args: list[tuple[str, Any]] = []
+                args: dict[str, Any] = {}
                 for key, raw in spec.args:
                     value = raw
                     if isinstance(raw, Template):
                         value = raw.render(own)
                     elif key == "selector":
-                        value = Selector(raw)
+                        value = AttachmentSelector.of(raw)
                     elif key == "reason" and raw is None:
                         value = f"removed by rule {rule.name}"
-                    args.append((key, value))
-                out.append(Rewrite(spec.kind, tuple(args), rule.name))
+                    args[key] = value
+                out.append(REWRITE_KINDS[spec.kind](**args, rule=rule.name))
             done = rendered[id(rule)] = tuple(out)
         return done
 

@@ -8,8 +8,9 @@ record and ``milter check`` all tell the same story.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Literal
 
 Action = Literal["deliver", "quarantine", "reject"]
 
@@ -17,31 +18,131 @@ Action = Literal["deliver", "quarantine", "reject"]
 SEVERITY: dict[str, int] = {"deliver": 0, "route": 1, "quarantine": 2, "reject": 3}
 
 
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    """The JSON shape of a frozen selector value (``size: {min, max}`` as a mapping)."""
+    if (
+        isinstance(value, tuple)
+        and value
+        and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in value)
+    ):
+        return {k: _thaw(v) for k, v in value}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
-class Rewrite:
-    """One change to the message, applied by ``milter.actions.rewrite``.
+class AttachmentSelector:
+    """Which attachments a ``strip_attachments`` rewrite removes: the policy's own
+    attachment selector, as ``milter.policy.schema`` normalises it, frozen so that
+    verdicts can be grouped by their rewrites and stored with a hold."""
 
-    ``kind`` is one of ``subject_prefix`` (args: text), ``add_header`` (name, value),
-    ``remove_header`` (name), ``disclaimer`` (text, html), ``strip_attachments``
-    (selector: a dict of attachment conditions, reason). ``rule`` names the rule
-    that asked for it.
-    """
-
-    kind: str
-    args: tuple[tuple[str, Any], ...]
-    rule: str
-
-    def arg(self, key: str, default: Any = None) -> Any:
-        return dict(self.args).get(key, default)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "rule": self.rule, **dict(self.args)}
+    items: tuple[tuple[str, Any], ...]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Rewrite:
-        """The inverse of ``to_dict`` (a quarantine record keeps its rewrites as JSON)."""
-        args = {k: v for k, v in data.items() if k not in ("kind", "rule")}
-        return cls(str(data["kind"]), tuple(args.items()), str(data.get("rule", "")))
+    def of(cls, spec: Mapping[str, Any]) -> AttachmentSelector:
+        return cls(tuple(sorted((str(k), _freeze(v)) for k, v in spec.items())))
+
+    def spec(self) -> dict[str, Any]:
+        """The selector as a mapping, for the matcher and for JSON."""
+        out: dict[str, Any] = {}
+        for key, value in self.items:
+            thawed = _thaw(value)
+            out[key] = tuple(thawed) if isinstance(thawed, list) else thawed
+        return out
+
+
+@dataclass(frozen=True)
+class SubjectPrefix:
+    """Prepend ``text`` to the Subject (idempotent)."""
+
+    text: str
+    rule: str = ""
+    kind: ClassVar[str] = "subject_prefix"
+
+
+@dataclass(frozen=True)
+class AddHeader:
+    name: str
+    value: str
+    rule: str = ""
+    kind: ClassVar[str] = "add_header"
+
+
+@dataclass(frozen=True)
+class RemoveHeader:
+    name: str
+    rule: str = ""
+    kind: ClassVar[str] = "remove_header"
+
+
+@dataclass(frozen=True)
+class Disclaimer:
+    """``html`` None means: derived from ``text``."""
+
+    text: str
+    html: str | None = None
+    rule: str = ""
+    kind: ClassVar[str] = "disclaimer"
+
+
+@dataclass(frozen=True)
+class StripAttachments:
+    selector: AttachmentSelector
+    reason: str
+    rule: str = ""
+    kind: ClassVar[str] = "strip_attachments"
+
+
+# One change to the message, applied by ``milter.actions.rewrite``; ``rule`` names the
+# rule that asked for it. A closed set: the rewriter and the milter front-end (which
+# turns some rewrites into header edits) handle every member.
+Rewrite = SubjectPrefix | AddHeader | RemoveHeader | Disclaimer | StripAttachments
+
+REWRITE_KINDS: dict[str, type[Rewrite]] = {
+    c.kind: c for c in (SubjectPrefix, AddHeader, RemoveHeader, Disclaimer, StripAttachments)
+}
+
+
+class RewriteFormatError(ValueError):
+    """A stored rewrite (a hold's release plan) that cannot be read back."""
+
+
+def rewrite_to_dict(rw: Rewrite) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": rw.kind}
+    for f in fields(rw):
+        value = getattr(rw, f.name)
+        out[f.name] = value.spec() if isinstance(value, AttachmentSelector) else value
+    return out
+
+
+def rewrite_from_dict(data: Mapping[str, Any]) -> Rewrite:
+    """The inverse of ``rewrite_to_dict``."""
+    cls = REWRITE_KINDS.get(str(data.get("kind")))
+    if cls is None:
+        raise RewriteFormatError(f"unknown rewrite {data.get('kind')!r}")
+    args: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if f.name == "selector":
+            if not isinstance(value, Mapping):
+                raise RewriteFormatError("a selector is a mapping")
+            value = AttachmentSelector.of(value)
+        args[f.name] = value
+    try:
+        return cls(**args)
+    except TypeError as exc:
+        raise RewriteFormatError(f"{cls.kind}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -125,7 +226,7 @@ class Verdict:
         out: dict[str, Any] = {
             "classification": self.classification,
             "recipients": [r.to_dict() for r in self.recipients],
-            "rewrites": [rw.to_dict() for rw in self.rewrites],
+            "rewrites": [rewrite_to_dict(rw) for rw in self.rewrites],
             "rules": [r.to_dict() for r in self.rules],
         }
         if findings is not None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from milter.quarantine.sql import Executor, SqlStore
+from milter.quarantine.sql import ADDED_COLUMNS, Executor, SqlStore
 from milter.quarantine.store import (
     HELD,
     STEP_COMMITTED,
@@ -50,7 +50,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
     route TEXT NOT NULL,
     queue_id TEXT NOT NULL,
     updated_at DOUBLE PRECISION,
-    data BYTEA
+    data BYTEA,
+    origin TEXT NOT NULL DEFAULT '{}',
+    release_plan TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS quarantine_status ON quarantine (status, received_at);
 CREATE TABLE IF NOT EXISTS audit (
@@ -81,6 +83,8 @@ class PostgresStore(SqlStore):
             # Nodes starting together must not race to create the same tables.
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.milter'))")
             cur.execute(_SCHEMA)
+            for column, ddl in ADDED_COLUMNS.items():  # a database made by an earlier version
+                cur.execute(f"ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS {column} {ddl}")
 
     # -- plumbing ---------------------------------------------------------------------
 

@@ -43,8 +43,14 @@ from milter.quarantine.store import (
 
 COLUMNS = (
     "id, received_at, client, sender, recipients, subject, size, classification, labels, "
-    "rules, clauses, findings, status, route, queue_id, updated_at"
+    "rules, clauses, findings, status, route, queue_id, updated_at, origin, release_plan"
 )
+# Columns later versions added, with their DDL: each back-end adds what an older
+# database lacks when it opens it.
+ADDED_COLUMNS = {
+    "origin": "TEXT NOT NULL DEFAULT '{}'",
+    "release_plan": "TEXT NOT NULL DEFAULT '{}'",
+}
 
 _AUDIT_COLUMNS = "seq, at, actor, action, qid, reason, prev_hash, hash"
 
@@ -91,6 +97,8 @@ def row_to_record(row: Sequence[Any]) -> QuarantineRecord:
         route=row[13],
         queue_id=row[14],
         updated_at=row[15],
+        origin=json.loads(row[16] or "{}"),
+        release_plan=json.loads(row[17] or "{}"),
     )
 
 
@@ -113,6 +121,8 @@ def record_values(rec: QuarantineRecord) -> tuple[Any, ...]:
         rec.route,
         rec.queue_id,
         None,
+        json.dumps(dict(rec.origin), ensure_ascii=False),
+        json.dumps(dict(rec.release_plan), ensure_ascii=False, default=str),
     )
 
 

@@ -20,7 +20,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from milter.quarantine.sql import Executor, SqlStore
+from milter.quarantine.sql import ADDED_COLUMNS, Executor, SqlStore
 from milter.quarantine.store import (
     DELETED,
     EXPIRED,
@@ -56,7 +56,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
     status TEXT NOT NULL,
     route TEXT NOT NULL,
     queue_id TEXT NOT NULL,
-    updated_at REAL
+    updated_at REAL,
+    origin TEXT NOT NULL DEFAULT '{}',
+    release_plan TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS quarantine_status ON quarantine (status, received_at);
 CREATE TABLE IF NOT EXISTS audit (
@@ -117,6 +119,10 @@ class SqliteStore(SqlStore):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(quarantine)")}
+            for column, ddl in ADDED_COLUMNS.items():
+                if column not in have:  # a database made by an earlier version
+                    self._db.execute(f"ALTER TABLE quarantine ADD COLUMN {column} {ddl}")
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open quarantine {self.path}: {exc}") from exc
 

@@ -84,10 +84,17 @@ class QuarantineRecord:
     findings: Mapping[str, Any] = field(default_factory=dict)
     status: str = HELD
     route: str = "upstream"  # where the held recipients would have gone
-    queue_id: str = ""
+    queue_id: str = ""  # the gateway's own transaction id
     updated_at: float | None = None
+    # Where it came from: the ``Envelope.origin()`` fields (front-end, client address
+    # and name, HELO, SASL login, the queue id of the MTA in front of the gateway).
+    origin: Mapping[str, str] = field(default_factory=dict)
+    # How a release sends it; written and read by the application's release code
+    # only (the store keeps it as it was given).
+    release_plan: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        origin = self.origin
         return {
             "id": self.id,
             "received_at": self.received_at,
@@ -103,7 +110,15 @@ class QuarantineRecord:
             "findings": dict(self.findings),
             "status": self.status,
             "route": self.route,
-            "queue_id": self.queue_id,
+            # The MTA's queue id where one was in front (Postfix's, to follow the
+            # message through its log); else the gateway's own.
+            "queue_id": origin.get("queue_id") or self.queue_id,
+            "transaction_id": self.queue_id,
+            "frontend": origin.get("frontend", "smtp"),
+            "client_address": origin.get("client_address") or self.client,
+            "client_name": origin.get("client_name", ""),
+            "helo": origin.get("helo", ""),
+            "login": origin.get("login", ""),
             "updated_at": self.updated_at,
         }
 

@@ -21,10 +21,10 @@ from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from milter import log, metrics
+from milter.app.pipeline import Pipeline
 from milter.config import GatewayConfig
 from milter.envelope import Envelope, new_id
 from milter.message import SMUGGLING, Message, SpoolWriter
-from milter.pipeline import Pipeline
 from milter.replies import (
     BAD_ADDRESS,
     LINE_TOO_LONG,
@@ -181,8 +181,12 @@ class Gateway:
 
         task.add_done_callback(done)
 
-    async def shutdown(self, grace: float) -> None:
-        """Stop accepting; let transactions in flight finish; close the rest politely."""
+    async def shutdown(self, grace: float, *, close_pipeline: bool = True) -> None:
+        """Stop accepting; let transactions in flight finish; close the rest politely.
+
+        The pipeline is shared with the other front-ends of the process: whoever runs
+        the process closes it once all of them have stopped.
+        """
         self.closing = True
         for s in self.servers:
             s.close()
@@ -200,7 +204,8 @@ class Gateway:
         for s in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(s.wait_closed(), 1)
-        await self.pipeline.close()
+        if close_pipeline:
+            await self.pipeline.close()
 
 
 class GatewaySMTP(SMTP):

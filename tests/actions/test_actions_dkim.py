@@ -22,7 +22,7 @@ from milter.actions.dkim import (
 from milter.actions.rewrite import apply
 from milter.cli import main
 from milter.config import DkimKey
-from milter.policy.verdict import Rewrite
+from milter.policy.verdict import Disclaimer, SubjectPrefix
 
 MESSAGE = (
     b"From: Budi <budi@dinas.jakarta.go.id>\r\n"
@@ -127,8 +127,8 @@ def test_verifies_after_disclaimer_and_breaks_on_later_change(
     rewritten = apply(
         MESSAGE,
         [
-            Rewrite("disclaimer", (("text", "Pesan ini RAHASIA / confidential."),), "r"),
-            Rewrite("subject_prefix", (("text", "[TERBATAS]"),), "r"),
+            Disclaimer("Pesan ini RAHASIA / confidential.", rule="r"),
+            SubjectPrefix("[TERBATAS]", rule="r"),
         ],
     )
     assert b"confidential" in rewritten and b"[TERBATAS]" in rewritten

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+from dataclasses import replace
 from email.message import EmailMessage, Message
 from pathlib import Path
 
@@ -107,15 +108,8 @@ def test_notice_without_verdict_uses_the_record() -> None:
 
 
 def test_forged_subject_cannot_inject_headers() -> None:
-    evil = QuarantineRecord(
-        **{
-            **RECORD.to_dict(),
-            "recipients": RECORD.recipients,
-            "labels": (),
-            "rules": ("r",),
-            "clauses": (),
-            "subject": "hi\r\nBcc: victim@example.com",
-        }
+    evil = replace(
+        RECORD, labels=(), rules=("r",), clauses=(), subject="hi\r\nBcc: victim@example.com"
     )
     msg = parse(quarantine_notice(CONFIG, evil))
     assert msg["Bcc"] is None
@@ -265,6 +259,11 @@ def test_dsn_subject_with_a_broken_encoded_word() -> None:
     from milter.config import NoticesConfig
 
     original = b"Subject: =?\x80utf-8?q?laporan?=\r\nFrom: a@dinas.jakarta.go.id\r\n\r\nisi\r\n"
-    data = dsn(NoticesConfig(), original=original, sender="a@dinas.jakarta.go.id",
-               failed=[FailedRecipient("x@example.org")], reporting_mta="gw.test")
+    data = dsn(
+        NoticesConfig(),
+        original=original,
+        sender="a@dinas.jakarta.go.id",
+        failed=[FailedRecipient("x@example.org")],
+        reporting_mta="gw.test",
+    )
     assert b"multipart/report" in data

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from milter.actions.rewrite import RewriteError, apply
 from milter.inspect import inspect_message
 from milter.inspect.findings import EXECUTABLE
-from milter.policy.verdict import Rewrite
+from milter.policy.verdict import Rewrite, RewriteFormatError, rewrite_from_dict
 from tests.corpus import corpus_root
 
 CORPUS = corpus_root() / "real"
@@ -26,7 +26,8 @@ EXE = b"MZ\x90\x00\x03" + bytes(range(256)) * 4
 
 
 def rw(kind: str, **args: Any) -> Rewrite:
-    return Rewrite(kind, tuple(args.items()), "test-rule")
+    """A rewrite as a stored release plan spells it (the policy builds the same)."""
+    return rewrite_from_dict({"kind": kind, "rule": "test-rule", **args})
 
 
 def parse(data: bytes) -> EmailMessage:
@@ -131,12 +132,24 @@ def test_add_and_remove_header() -> None:
         rw("remove_header", name="MIME-Version"),
         rw("subject_prefix", text="a\nb"),
         rw("disclaimer", text=""),
-        rw("no_such_kind"),
     ],
 )
 def test_unusable_arguments_raise(rewrite: Rewrite) -> None:
     with pytest.raises(RewriteError):
         apply(b"Subject: x\r\n\r\nbody\r\n", [rewrite])
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        {"kind": "no_such_kind"},
+        {"kind": "add_header", "name": "X-A"},
+        {"kind": "strip_attachments", "selector": "exe", "reason": "r"},
+    ],
+)
+def test_a_release_plan_that_cannot_be_read_back_is_refused(stored: dict[str, Any]) -> None:
+    with pytest.raises(RewriteFormatError):
+        rewrite_from_dict(stored)
 
 
 # -- disclaimer ------------------------------------------------------------------------
@@ -284,9 +297,7 @@ def test_strip_by_content_catches_renamed_executable() -> None:
         ],
     )
     assert filenames(only_named_pdf) == ["invoice.pdf"]
-    disguised = apply(
-        data, [rw("strip_attachments", selector={"mismatch": True}, reason="r")]
-    )
+    disguised = apply(data, [rw("strip_attachments", selector={"mismatch": True}, reason="r")])
     assert filenames(disguised) == ["ok.pdf"]
     big = apply(data, [rw("strip_attachments", selector={"size": {"min": 1024}}, reason="r")])
     assert filenames(big) == ["ok.pdf"]
@@ -341,7 +352,8 @@ def test_strip_top_level_attachment_keeps_other_headers() -> None:
 
 @pytest.mark.parametrize("selector", [{}, "exe", None])
 def test_bad_selectors(selector: Any) -> None:
-    with pytest.raises(RewriteError):
+    # A selector that is no mapping cannot even be read back from a release plan.
+    with pytest.raises((RewriteError, RewriteFormatError)):
         apply(build_mixed(), [rw("strip_attachments", selector=selector, reason="r")])
 
 

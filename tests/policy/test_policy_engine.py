@@ -20,9 +20,18 @@ from milter.inspect.findings import (
     Label,
     Part,
 )
-from milter.policy.conditions import KeywordIndex, selector_matches
+from milter.policy.conditions import KeywordIndex, selector_matcher
 from milter.policy.engine import Policy
-from milter.policy.verdict import Verdict
+from milter.policy.verdict import (
+    AddHeader,
+    Disclaimer,
+    RemoveHeader,
+    StripAttachments,
+    SubjectPrefix,
+    Verdict,
+    rewrite_from_dict,
+    rewrite_to_dict,
+)
 
 HEAD = """\
 domains:
@@ -112,9 +121,9 @@ def test_most_restrictive_wins_per_recipient() -> None:
     by = {r.address: r for r in v.recipients}
     assert by["bad1@gmail.com"].reject_text == "Ditolak / Rejected"
     assert by["bad1@gmail.com"].rewrites == ()
-    assert [(w.kind, dict(w.args)) for w in by["y@mitra.example"].rewrites] == [
-        ("add_header", {"name": "X-Route", "value": "r-route"}),
-        ("add_header", {"name": "X-Checked", "value": "yes"}),
+    assert list(by["y@mitra.example"].rewrites) == [
+        AddHeader("X-Route", "r-route", rule="r-route"),
+        AddHeader("X-Checked", "yes", rule="r-header"),
     ]
     # the overruled route rule adds nothing to the quarantined recipient
     assert [w.rule for w in by["ok@gmail.com"].rewrites] == ["r-quarantine", "r-header"]
@@ -467,17 +476,19 @@ def test_templates_and_strip_selector() -> None:
       - bcc: [arsip@jakarta.go.id]
 """)
     v = run(p, Findings(classification="TERBATAS"))
-    rw = {w.kind: w for w in v.recipients[0].rewrites}
-    assert rw["subject_prefix"].arg("text") == "[TERBATAS] "
-    assert rw["disclaimer"].arg("text") == "Rahasia (2.c) dari s@jakarta.go.id. {tanpa ubah}"
-    assert rw["disclaimer"].arg("html") == "<p>tandai</p>"
-    assert rw["remove_header"].arg("name") == "X-Internal"
-    selector = rw["strip_attachments"].arg("selector")
-    assert rw["strip_attachments"].arg("reason") == "dibuang oleh tandai"
-    assert dict(selector) == {"extension": ("exe", "scr")}
-    assert hash(rw["strip_attachments"]) == hash(rw["strip_attachments"])
-    assert selector_matches(selector, part("x.scr", ext="scr"))
-    assert not selector_matches(selector, part("x.pdf"))
+    prefix, disclaimer, remove, strip = v.recipients[0].rewrites
+    assert isinstance(prefix, SubjectPrefix) and prefix.text == "[TERBATAS] "
+    assert isinstance(disclaimer, Disclaimer)
+    assert disclaimer.text == "Rahasia (2.c) dari s@jakarta.go.id. {tanpa ubah}"
+    assert disclaimer.html == "<p>tandai</p>"
+    assert isinstance(remove, RemoveHeader) and remove.name == "X-Internal"
+    assert isinstance(strip, StripAttachments)
+    assert strip.reason == "dibuang oleh tandai"
+    assert strip.selector.spec() == {"extension": ("exe", "scr")}
+    assert hash(strip) == hash(rewrite_from_dict(rewrite_to_dict(strip)))
+    matches = selector_matcher(strip.selector.spec())
+    assert matches(part("x.scr", ext="scr"))
+    assert not matches(part("x.pdf"))
     assert v.recipients[0].bcc == ("arsip@jakarta.go.id",)
     assert v.to_dict()["rewrites"][3]["selector"] == {"extension": ("exe", "scr")}
 
@@ -519,7 +530,8 @@ def test_in_set_unknown_set() -> None:
 
 
 def test_a_held_recipient_keeps_the_way_it_would_have_gone() -> None:
-    p = policy("""\
+    p = policy(
+        """\
   - name: secure-route
     when: {recipient: {domain: [sanapati.net]}}
     then: [{route: sanapati}, {add_header: {name: X-Via, value: sanapati}}]
@@ -528,12 +540,14 @@ def test_a_held_recipient_keeps_the_way_it_would_have_gone() -> None:
   - name: hold-all
     when: {classification: {at_least: RAHASIA}}
     then: [quarantine, {add_header: {name: X-Held, value: "1"}}]
-""", routes=["sanapati"])
+""",
+        routes=["sanapati"],
+    )
     v = run(p, Findings(classification="RAHASIA"), to=("t@sanapati.net", "a@gmail.com"))
     secure, outside = v.recipients
     assert (secure.action, secure.release_route) == ("quarantine", "sanapati")
-    assert [rw.arg("name") for rw in secure.release_rewrites] == ["X-Via", "X-Tag"]
+    assert [getattr(rw, "name", None) for rw in secure.release_rewrites] == ["X-Via", "X-Tag"]
     assert (outside.action, outside.release_route) == ("quarantine", "upstream")
-    assert [rw.arg("name") for rw in outside.release_rewrites] == ["X-Tag"]
+    assert [getattr(rw, "name", None) for rw in outside.release_rewrites] == ["X-Tag"]
     delivered = run(p, Findings(), to=("t@sanapati.net",)).recipients[0]
     assert (delivered.route, delivered.release_route) == ("sanapati", None)

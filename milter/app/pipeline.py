@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from milter import log, metrics
+from milter.app.outbound import Outbound
+from milter.app.release import ReleasePlan
 from milter.config import GatewayConfig
 from milter.delivery import Deliverer, DeliveryResult, split_status
 from milter.envelope import Envelope, new_id
@@ -84,6 +86,15 @@ class RecipientOutcome:
 
 
 @dataclass
+class Kept:
+    """The recipients left to the MTA in front (milter mode), and their copy."""
+
+    recipients: tuple[str, ...]
+    bcc: tuple[str, ...]
+    message: Message
+
+
+@dataclass
 class Outcome:
     """The reply to DATA and what it stands for, per recipient."""
 
@@ -93,6 +104,9 @@ class Outcome:
     classification: str | None = None
     rules: tuple[str, ...] = ()
     records: list[QuarantineRecord] = field(default_factory=list)  # for notices
+    # Milter mode: the recipients the MTA's own copy still serves, and that copy as the
+    # gateway prepared it (rewritten, signed); None when the gateway delivered them all.
+    kept: Kept | None = None
 
     @property
     def label(self) -> str:
@@ -168,8 +182,7 @@ class Pipeline:
         self.inspector = inspector
         self.store = store
         self.notifier = notifier
-        self.rewrite = rewrite
-        self.sign = sign
+        self.outbound = Outbound(rewrite, sign)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inspect")
         self._background: set[asyncio.Task[None]] = set()
 
@@ -180,9 +193,17 @@ class Pipeline:
         if self.notifier is not None:
             self.notifier.policy = policy
 
-    async def process(self, env: Envelope, message: Message) -> Outcome:
+    async def process(self, env: Envelope, message: Message, *, keep: bool = False) -> Outcome:
+        """Decide and act on one message; the outcome is final when this returns.
+
+        ``keep`` is the milter front-end's mode: the MTA in front still holds the
+        message and delivers it itself, so one group of upstream recipients is left to
+        the MTA's copy (``Outcome.kept``) instead of being sent by the gateway, and the
+        MTA, not the gateway, writes the Received header.
+        """
         started = time.monotonic()
-        message.prepend(received_header(self.config, env))
+        if not keep:
+            message.prepend(received_header(self.config, env))
         findings: Findings | None = None
         try:
             findings, verdict = await self._decide(env, message)
@@ -194,7 +215,7 @@ class Pipeline:
                 self._finish(env, message, outcome, started, None)
                 return outcome
             findings, verdict = None, fallback
-        outcome = await self._act(env, message, findings, verdict)
+        outcome = await self._act(env, message, findings, verdict, keep)
         self._finish(env, message, outcome, started, verdict)
         if any(o.action in ("rejected", "refused") for o in outcome.recipients):
             message.head()  # kept for the DSN: the spool file goes with the session
@@ -242,7 +263,12 @@ class Pipeline:
         return findings, self.policy.evaluate(env, findings)
 
     async def _act(
-        self, env: Envelope, message: Message, findings: Findings | None, verdict: Verdict
+        self,
+        env: Envelope,
+        message: Message,
+        findings: Findings | None,
+        verdict: Verdict,
+        keep: bool = False,
     ) -> Outcome:
         held = [r for r in verdict.recipients if r.action == "quarantine"]
         rejected = [r for r in verdict.recipients if r.action == "reject"]
@@ -286,6 +312,31 @@ class Pipeline:
                 return _tempfail(env, verdict.classification)
             quarantine_id = ", ".join(r.id for r in records)
 
+        kept: Kept | None = None
+        if keep:
+            # The MTA's copy serves the largest group bound for the upstream (the others
+            # are sent by the gateway through the upstream route and removed from it).
+            upstream = [k for k in groups if k[0] == "upstream"]
+            if upstream:
+                key = max(upstream, key=lambda k: len(groups[k]))
+                rcpts_kept = groups.pop(key)
+                try:
+                    prepared = await self._prepared(env, message, key[1])
+                except Exception as exc:
+                    log.failure("rewrite-failed", exc, id=env.queue_id)
+                    if records:
+                        await self._withdraw(env, records, TEMP_FAILURE)
+                    return _tempfail(env, verdict.classification)
+                kept = Kept(
+                    tuple(r.address for r in rcpts_kept),
+                    tuple(dict.fromkeys(b for r in rcpts_kept for b in r.bcc)),
+                    prepared,
+                )
+                for r in rcpts_kept:
+                    text = "diteruskan oleh MTA / left to the MTA"
+                    outcomes[r.address] = RecipientOutcome(
+                        r.address, "delivered", Reply(250, text, "2.0.0"), "upstream", r.rules
+                    )
         sends = [
             self._deliver(env, message, route, rewrites, rcpts)
             for (route, rewrites), rcpts in groups.items()
@@ -309,7 +360,7 @@ class Pipeline:
             # as second holds (and, once released, second deliveries).
             await self._withdraw(env, records, reply)
             records, quarantine_id = [], None
-        return Outcome(reply, ordered, quarantine_id, verdict.classification, rules, records)
+        return Outcome(reply, ordered, quarantine_id, verdict.classification, rules, records, kept)
 
     async def _withdraw(self, env: Envelope, records: list[QuarantineRecord], reply: Reply) -> None:
         store = self.store
@@ -336,10 +387,7 @@ class Pipeline:
         rewrites: tuple[Rewrite, ...],
         rcpts: list[RecipientVerdict],
     ) -> DeliveryResult:
-        out = message
-        if (rewrites and self.rewrite is not None) or self.sign is not None:
-            # Rewriting and signing are CPU work on the whole message: off the loop.
-            out = await asyncio.to_thread(self._prepare, env, message, rewrites)
+        out = await self._prepared(env, message, rewrites)
         addresses = list(
             dict.fromkeys([r.address for r in rcpts] + [b for r in rcpts for b in r.bcc])
         )
@@ -351,26 +399,16 @@ class Pipeline:
             metrics.NEXTHOP_ERRORS.labels(route, kind).inc()
         return result
 
-    def _prepare(self, env: Envelope, message: Message, rewrites: tuple[Rewrite, ...]) -> Message:
-        """The message as this group receives it: rewritten, then signed."""
-        content = message.content()
-        rewritten = bool(rewrites and self.rewrite is not None)
-        if rewrites and self.rewrite is not None:
-            content = self.rewrite(content, rewrites)
-        signed = content
-        if self.sign is not None:
-            try:
-                signed = self.sign(content, env.mail_from)
-            except Exception as exc:
-                # Unsigned mail still reaches its recipients; a 451 would repeat forever.
-                log.failure("dkim-failed", exc, logging.WARNING, id=env.queue_id)
-                metrics.DKIM_FAILURES.inc()
-        if not rewritten:
-            if signed is content:
-                return message
-            if signed.endswith(content):  # only a signature header was added in front
-                return message.derived(signed[: len(signed) - len(content)])
-        return Message.from_content(signed)
+    async def _prepared(
+        self, env: Envelope, message: Message, rewrites: tuple[Rewrite, ...]
+    ) -> Message:
+        """The copy one group receives; rewriting and signing are CPU work on the
+        whole message, so they run off the event loop."""
+        if not self.outbound.needed(rewrites):
+            return message
+        return await asyncio.to_thread(
+            self.outbound.prepare, message, rewrites, env.mail_from, log_id=env.queue_id
+        )
 
     @staticmethod
     def _recipient_outcome(
@@ -474,12 +512,11 @@ class Pipeline:
             labels=tuple(sorted({lb.raw for lb in findings.labels})) if findings else (),
             rules=tuple(dict.fromkeys(x for r in held for x in r.rules)),
             clauses=tuple(dict.fromkeys(x for r in held for x in r.clauses)),
-            findings={
-                **_summary(findings, verdict),
-                "release_rewrites": [rw.to_dict() for rw in rewrites],
-            },
+            findings=_summary(findings, verdict),
             route=route,
             queue_id=env.queue_id,
+            origin=env.origin(),
+            release_plan=ReleasePlan(route, rewrites).to_record(),
         )
         store = self.store
         await asyncio.to_thread(store.put, message.content(), record)
@@ -519,7 +556,7 @@ class Pipeline:
         log.message_line(
             id=env.queue_id,
             client=env.client_addr,
-            helo=env.helo,
+            **env.origin(),
             sender=env.mail_from,
             recipients=[
                 {

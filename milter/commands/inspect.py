@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from milter.cli import CommandError, load_config
+from milter.commands import CommandError, load_config
 from milter.config import InspectLimits
 from milter.inspect import inspect_message
 from milter.inspect.report import to_json, to_text

@@ -44,7 +44,7 @@ from milter.message import Message
 from milter.policy.verdict import Verdict
 
 if TYPE_CHECKING:
-    from milter.pipeline import Outcome
+    from milter.app.pipeline import Outcome
 
 _OUTCOME_WORDS = {
     "delivered": "dikirim / delivered",

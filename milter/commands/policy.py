@@ -17,13 +17,13 @@ from email.policy import compat32
 from email.utils import getaddresses
 from typing import Any
 
-from milter.cli import CommandError, load_config
+from milter.commands import CommandError, load_config
 from milter.config import GatewayConfig
 from milter.envelope import Envelope
 from milter.inspect import inspect_message
 from milter.inspect.findings import Findings
 from milter.policy.engine import Policy, PolicyError
-from milter.policy.verdict import Verdict
+from milter.policy.verdict import Verdict, rewrite_to_dict
 
 
 def register(sub: Any) -> None:
@@ -150,7 +150,11 @@ def explain(envelope: Envelope, findings: Findings, verdict: Verdict) -> str:
         if r.reject_text:
             lines.append(f"      reply: {r.reject_text}")
         for rw in r.rewrites:
-            args = ", ".join(f"{k}={v!r}" for k, v in rw.args if v is not None)
+            args = ", ".join(
+                f"{k}={v!r}"
+                for k, v in rewrite_to_dict(rw).items()
+                if v is not None and k not in ("kind", "rule")
+            )
             lines.append(f"      {rw.kind} {args}  [{rw.rule}]")
         if r.bcc:
             lines.append(f"      bcc {', '.join(r.bcc)}")

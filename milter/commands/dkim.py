@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from milter.actions.dkim import DEFAULT_DIRECTORY, DkimError, keygen
-from milter.cli import CommandError
+from milter.commands import CommandError
 
 
 def _keygen(args: argparse.Namespace) -> int:

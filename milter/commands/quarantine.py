@@ -1,10 +1,8 @@
 """``milter quarantine ...``: the compliance officers' command line.
 
 Every action that changes a message's fate is audited with who (``--actor`` or the
-OS user), what and why, and states are changed atomically before anything leaves:
-a release first claims the message (held -> released), then re-injects it; when the
-next hop takes none of it, the message goes back to held with the reason audited,
-so a second release stays possible and a message is never sent twice.
+OS user), what and why. Releasing is the application's ``release`` (the same the
+review UI calls): claimed first, sent the way the hold interrupted, sent once.
 """
 
 from __future__ import annotations
@@ -17,14 +15,11 @@ import getpass
 import json
 import sys
 import time
-from collections.abc import Sequence
 from email.message import Message
 from typing import Any
 
-from milter.cli import CommandError, load_config
+from milter.commands import CommandError, load_config
 from milter.config import GatewayConfig, parse_duration
-from milter.envelope import domain_of
-from milter.policy.verdict import Rewrite
 from milter.quarantine.store import (
     DELETED,
     HELD,
@@ -206,89 +201,26 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _release(args: argparse.Namespace) -> int:
+    from milter.app.outbound import Outbound
+    from milter.app.release import release
+    from milter.app.wiring import load_signer
+
     config, store = _open(args)
-    actor = _actor(args)
     with store:
-        rec = _record(store, args.id)
-        if rec.status != HELD:
-            raise CommandError(f"{rec.id} is {rec.status}; only a held message can be released")
-        rcpts: Sequence[str] = args.to or rec.recipients
-        for address in rcpts:
-            if address.count("@") != 1 or any(c in address for c in " <>\r\n"):
-                raise CommandError(f"not a mail address: {address!r}")
-        try:
-            config.route(rec.route)
-        except KeyError:
-            raise CommandError(f"route {rec.route!r} of {rec.id} is not configured") from None
-        try:
-            data = store.read(rec.id)
-        except QuarantineError as exc:
-            raise CommandError(str(exc)) from None
-        rewrites = [Rewrite.from_dict(d) for d in rec.findings.get("release_rewrites", ())]
-        if rewrites:
-            # What the held recipients would have got without the hold (for example
-            # X-Klasifikasi on the way to sanapati), applied now that they get it.
-            from milter.actions.rewrite import RewriteError, apply
+        from milter.actions.rewrite import apply
 
-            try:
-                data = apply(data, rewrites)
-            except RewriteError as exc:
-                raise CommandError(f"{rec.id}: cannot apply its rewrites: {exc}") from None
-        if config.dkim:
-            from milter.actions.dkim import DkimError, sign
-
-            try:
-                data = sign(data, config.dkim, domain_of(rec.sender))
-            except DkimError as exc:
-                raise CommandError(f"dkim: {exc}") from None
-        reason = args.reason + (f" (to {', '.join(rcpts)})" if args.to else "")
-        try:
-            store.transition(rec.id, RELEASED, actor, reason, expected=HELD)
-        except StateConflict as exc:
-            raise CommandError(f"{rec.id} is {exc.status}; it cannot be released again") from None
-        except QuarantineError as exc:
-            raise CommandError(str(exc)) from None
-        why = _deliver(config, rec, rcpts, data)
-        if why is None:
-            print(f"{rec.id} released to {', '.join(rcpts)} via {rec.route}")
-            return 0
-        delivered, text = why
-        if delivered:
-            store.append_audit(actor, "release-refused", rec.id, text)
-            raise CommandError(f"{rec.id} released to {', '.join(delivered)}, but {text}")
-        try:
-            store.transition(
-                rec.id,
-                HELD,
-                actor,
-                f"re-injection failed: {text}",
-                expected=RELEASED,
-                action="release-failed",
-            )
-        except QuarantineError as exc:
-            raise CommandError(f"{rec.id}: re-injection failed ({text}) and {exc}") from None
-        raise CommandError(f"{rec.id} not released, still held: {text}")
-
-
-def _deliver(
-    config: GatewayConfig, rec: QuarantineRecord, rcpts: Sequence[str], data: bytes
-) -> tuple[tuple[str, ...], str] | None:
-    """None when every recipient took it; else (who did take it, why the rest did not)."""
-    try:
-        from milter.delivery import send_message
-
-        result = send_message(config, rec.route, rec.sender, list(rcpts), data)
-    except Exception as exc:  # any failure to hand over means: not released
-        return (), f"{type(exc).__name__}: {exc}"
-    refused = dict(result.refused)
-    if result.ok and not refused:
-        return None
-    if refused:
-        detail = "; ".join(f"{a}: {c} {m}" for a, (c, m) in sorted(refused.items()))
-        text = f"refused by the next hop: {detail}"
-    else:
-        text = f"the next hop answered {result.code} {result.message}".strip()
-    return tuple(result.accepted) if result.ok else (), text
+        outbound = Outbound(apply, load_signer(config))
+        done = release(
+            config,
+            store,
+            outbound,
+            args.id,
+            actor=_actor(args),
+            reason=args.reason,
+            to=args.to or (),
+        )
+    print(f"{done.record.id} released to {', '.join(done.recipients)} via {done.route}")
+    return 0
 
 
 def _delete(args: argparse.Namespace) -> int:
