@@ -82,6 +82,9 @@ class Envelope:
     login: str = ""  # the sender's SASL login name
     mta_queue_id: str = ""
     dsn: Dsn = field(default_factory=Dsn)
+    # The connection's own peer when ``client_addr`` names the original client that an
+    # MTA in front passed on (XFORWARD): the Received header tells who really connected.
+    peer_addr: str = ""
 
     def origin(self) -> dict[str, str]:
         """The fields the log line, the quarantine record and the alerts share."""

@@ -320,6 +320,11 @@ def test_two_workers_and_metrics(sink: Sink, gateway_factory) -> None:
     ("policy: /nonexistent/policy.yaml\n", "gateway.yaml:1:9: policy: cannot read"),
     ("notices: {from: not-an-address}\n", "gateway.yaml:1:17: notices.from: not a mail"),
     ("listen: [127.0.0.1:2525\n", "gateway.yaml:2:1: YAML syntax"),
+    ("notices: {enabled: 'false'}\n", "gateway.yaml:1:20: notices.enabled: expected true or false"),
+    ("milter: {listen: ['127.0.0.1:8890']}\n", "gateway.yaml:1:19: milter.listen[0]: expected inet:"),
+    ("listen: []\n", "gateway.yaml:1:9: listen: nothing to serve"),
+    ("milter: {listen: ['unix:/tmp/m.sock'], progress_interval: soon}\n",
+     "gateway.yaml:1:59: milter.progress_interval"),
 ])
 def test_config_errors_are_one_located_line(tmp_path: Path, yaml_text: str,
                                             expected: str) -> None:

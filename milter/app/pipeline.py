@@ -142,7 +142,7 @@ def received_header(config: GatewayConfig, env: Envelope) -> bytes:
         )
         or "unknown"
     )
-    ip = env.client_addr
+    ip = env.peer_addr or env.client_addr
     for_clause = f"\r\n\tfor <{env.rcpt_tos[0]}>" if len(env.rcpt_tos) == 1 else ""
     date = email.utils.formatdate(env.received_at, localtime=True)
     line = (
@@ -392,7 +392,7 @@ class Pipeline:
             dict.fromkeys([r.address for r in rcpts] + [b for r in rcpts for b in r.bcc])
         )
         result = await self.deliverer.send(
-            route, env.mail_from, addresses, out, smtputf8=env.smtputf8
+            route, env.mail_from, addresses, out, smtputf8=env.smtputf8, dsn=env.dsn
         )
         if not result.ok:
             kind = "temporary" if result.code < 500 else "permanent"

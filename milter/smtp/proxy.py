@@ -15,6 +15,7 @@ import logging
 import re
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Session
@@ -23,7 +24,7 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from milter import log, metrics
 from milter.app.pipeline import Pipeline
 from milter.config import GatewayConfig
-from milter.envelope import Envelope, new_id
+from milter.envelope import Dsn, Envelope, new_id
 from milter.message import SMUGGLING, Message, SpoolWriter
 from milter.replies import (
     BAD_ADDRESS,
@@ -109,6 +110,92 @@ def _line_lengths(chunk: bytes, run: int) -> tuple[int, int]:
     lines = chunk.split(b"\n")
     longest = max(run + first, *map(len, lines[1:]))
     return len(lines[-1]), longest
+
+
+TAKEN_PARAMS = frozenset({"RET", "ENVID", "NOTIFY", "ORCPT", "AUTH"})
+XFORWARD_ATTRIBUTES = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
+_XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})*")
+_NOTIFY = re.compile(r"NEVER|(?:SUCCESS|FAILURE|DELAY)(?:,(?:SUCCESS|FAILURE|DELAY))*", re.I)
+
+
+def xtext_decode(value: str) -> str:
+    """RFC 3461 xtext: ``+XX`` stands for the byte XX."""
+    return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), value)
+
+
+def _bad(what: str) -> Reply:
+    return Reply(501, f"Parameter {what} tidak sah / Bad {what} parameter", "5.5.4")
+
+
+@dataclass
+class _Extra:
+    """What MAIL and RCPT said beyond the address: DSN requests and the AUTH identity."""
+
+    ret: str = ""
+    envid: str = ""
+    login: str = ""
+    notify: dict[str, str] = field(default_factory=dict)
+    orcpt: dict[str, str] = field(default_factory=dict)
+
+
+def mail_extra(taken: dict[str, str]) -> tuple[_Extra, Reply | None]:
+    """RET, ENVID and AUTH of one MAIL command, checked (RFC 3461 section 4, RFC 4954)."""
+    extra = _Extra()
+    for key, value in taken.items():
+        if key == "RET":
+            if value.upper() not in ("FULL", "HDRS"):
+                return extra, _bad("RET")
+            extra.ret = value.upper()
+        elif key == "ENVID":
+            if len(value) > 100 or not _XTEXT.fullmatch(value):
+                return extra, _bad("ENVID")
+            extra.envid = value
+        elif key == "AUTH":
+            if not _XTEXT.fullmatch(value) or len(value) > 500:
+                return extra, _bad("AUTH")
+            login = xtext_decode(value)
+            extra.login = "" if login == "<>" else login.strip("<>")
+        else:
+            return extra, Reply(555, f"{key} hanya untuk RCPT / {key} belongs to RCPT", "5.5.4")
+    return extra, None
+
+
+def rcpt_extra(extra: _Extra, address: str, taken: dict[str, str]) -> Reply | None:
+    """NOTIFY and ORCPT of one RCPT command, checked and kept per recipient."""
+    for key, value in taken.items():
+        if key == "NOTIFY":
+            if not _NOTIFY.fullmatch(value):
+                return _bad("NOTIFY")
+            extra.notify[address] = value.upper()
+        elif key == "ORCPT":
+            kind, sep, rest = value.partition(";")
+            if not sep or not kind or len(value) > 500 or not _XTEXT.fullmatch(rest):
+                return _bad("ORCPT")
+            extra.orcpt[address] = value
+        else:
+            return Reply(555, f"{key} hanya untuk MAIL / {key} belongs to MAIL", "5.5.4")
+    return None
+
+
+def parse_xforward(arg: str) -> tuple[dict[str, str], Reply | None]:
+    """``NAME=value ...`` of one XFORWARD command; ``[UNAVAILABLE]`` clears a value."""
+    out: dict[str, str] = {}
+    if not arg.strip():
+        return out, Reply(501, "Syntax: XFORWARD attribute=value...", "5.5.4")
+    for token in arg.split():
+        name, eq, value = token.partition("=")
+        name = name.upper()
+        if not eq or name not in XFORWARD_ATTRIBUTES:
+            return {}, Reply(501, f"Bad XFORWARD attribute name: {name}", "5.5.4")
+        if not _XTEXT.fullmatch(value) or len(value) > 255:
+            return {}, Reply(501, f"Bad XFORWARD attribute value: {name}", "5.5.4")
+        text = xtext_decode(value)
+        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+            return {}, Reply(501, f"Bad XFORWARD attribute value: {name}", "5.5.4")
+        out[name] = "" if text in ("[UNAVAILABLE]", "[TEMPUNAVAIL]") else text
+    if out.get("ADDR", "").upper().startswith("IPV6:"):
+        out["ADDR"] = out["ADDR"][5:]
+    return out, None
 
 
 class Gateway:
@@ -230,6 +317,12 @@ class GatewaySMTP(SMTP):
         self._in_ehlo = False
         self._receiving = False  # reading DATA: data_timeout counts from the last bytes
         self._last_read = 0.0
+        # Parameters taken out of MAIL/RCPT before aiosmtpd sees them: it upper-cases
+        # the whole parameter string, and ENVID, ORCPT and AUTH values are case-exact.
+        self._taken: dict[str, str] = {}
+        self._param_error: Reply | None = None
+        self.xforward: dict[str, str] = {}  # XFORWARD attributes for the next transaction
+        self.extra = _Extra()  # this transaction's DSN requests and AUTH identity
 
     # -- connection bookkeeping -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -300,8 +393,55 @@ class GatewaySMTP(SMTP):
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         m = _SIMPLE_ADDR.match(arg)
         if m is not None:
-            return m.group(1), m.group(2).strip()
-        return super()._getaddr(arg)
+            address, params = m.group(1), m.group(2).strip()
+        else:
+            address, params = super()._getaddr(arg)
+        if params:
+            params = self._take_params(params)
+        return address, params
+
+    def _take_params(self, params: str) -> str:
+        """Keep the DSN (RFC 3461) and AUTH (RFC 4954) parameters as written; give
+        aiosmtpd the rest (SIZE, BODY, SMTPUTF8), which it checks itself."""
+        rest = []
+        for token in params.split():
+            key, eq, value = token.partition("=")
+            upper = key.upper()
+            if upper not in TAKEN_PARAMS:
+                rest.append(token)
+                continue
+            if not eq or upper in self._taken:
+                self._param_error = Reply(
+                    501, f"Parameter {upper} tidak sah / Bad {upper}", "5.5.4"
+                )
+                continue
+            self._taken[upper] = value
+        return " ".join(rest)
+
+    async def smtp_RCPT(self, arg: str) -> None:
+        self._taken, self._param_error = {}, None
+        await super().smtp_RCPT(arg)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        self.xforward = {}
+        await super().smtp_RSET(arg)
+
+    async def smtp_XFORWARD(self, arg: str | None) -> None:
+        """Postfix's XFORWARD (XFORWARD_README): the original client of a message that
+        an MTA in front passes on, for the log line, the hold and the officer alert.
+        Only clients allowed to submit may say who the original client was."""
+        if not self.gateway.allowed(self.client_ip):
+            await self.push("550 5.7.0 Error: insufficient authorization")
+            return
+        if self.envelope is not None and self.envelope.mail_from is not None:
+            await self.push("503 5.5.1 Error: MAIL transaction in progress")
+            return
+        update, reply = parse_xforward(arg or "")
+        if reply is not None:
+            await self.push(reply.line())
+            return
+        self.xforward.update(update)
+        await self.push("250 2.0.0 Ok")
 
     # -- replies ----------------------------------------------------------------
     async def push(self, status: Any) -> None:
@@ -374,6 +514,7 @@ class GatewaySMTP(SMTP):
             await self.push(SHUTTING_DOWN.line())
             self.abort()
             return
+        self._taken, self._param_error = {}, None
         await super().smtp_MAIL(arg)
 
     async def _receive(self, spool: SpoolWriter, cfg: GatewayConfig) -> Reply | None:
@@ -438,15 +579,24 @@ class GatewaySMTP(SMTP):
         session = self.session
         if env is None or session is None:
             return TEMP_FAILURE
+        xf = self.xforward
+        self.xforward = {}  # valid for one transaction (XFORWARD_README)
+        extra, self.extra = self.extra, _Extra()
         envelope = Envelope(
             mail_from=env.mail_from or "",
             rcpt_tos=tuple(env.rcpt_tos),
-            client_addr=self.client_ip,
-            helo=session.host_name or "",
+            client_addr=xf.get("ADDR") or self.client_ip,
+            helo=xf.get("HELO") or session.host_name or "",
             smtputf8=bool(env.smtp_utf8),
             tls=session.ssl is not None,
             esmtp=bool(session.extended_smtp),
             queue_id=new_id(),
+            frontend="smtp",
+            client_name=xf.get("NAME", ""),
+            login=extra.login,
+            mta_queue_id=xf.get("IDENT", ""),
+            dsn=Dsn(extra.ret, extra.envid, dict(extra.notify), dict(extra.orcpt)),
+            peer_addr=self.client_ip if xf.get("ADDR") else "",
         )
         # Once the whole message is here it is processed to the end even if the
         # client goes away meanwhile: the delivery then is logged and consistent,
@@ -479,7 +629,10 @@ class _Handler:
     ) -> list[str]:
         session.host_name = hostname
         last = responses.pop()  # "250 HELP"
-        return [*responses, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", last]
+        offers = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-DSN"]
+        if self.gateway.allowed(server.client_ip):
+            offers.append(f"250-XFORWARD {' '.join(XFORWARD_ATTRIBUTES)}")
+        return [*responses, *offers, last]
 
     async def handle_MAIL(
         self,
@@ -494,8 +647,15 @@ class _Handler:
         problem = _address_problem(address, bool(envelope.smtp_utf8))
         if problem is not None:
             return problem.line()
+        taken, problem = server._taken, server._param_error
+        extra = _Extra()
+        if problem is None:
+            extra, problem = mail_extra(taken)
+        if problem is not None:
+            return problem.line()
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
+        server.extra = extra
         return "250 2.1.0 OK"
 
     async def handle_RCPT(
@@ -513,6 +673,9 @@ class _Handler:
         if "@" not in address:
             return "553 5.1.3 Alamat harus lengkap / Recipient address must be fully qualified"
         problem = _address_problem(address, bool(envelope.smtp_utf8))
+        if problem is not None:
+            return problem.line()
+        problem = server._param_error or rcpt_extra(server.extra, address, server._taken)
         if problem is not None:
             return problem.line()
         envelope.rcpt_tos.append(address)
