@@ -265,6 +265,22 @@ def _date(ts: float) -> str:
 # -- the builders ------------------------------------------------------------------------
 
 
+def _origin(record: QuarantineRecord) -> str:
+    """Where the message came from, as the MTA in front told it: enough to find the civil
+    servant who sent it and to follow it in that MTA's log."""
+    o = record.origin
+    client = o.get("client_address") or record.client
+    name = o.get("client_name", "")
+    parts = [f"login {o['login']}"] if o.get("login") else []
+    parts.append(f"klien/client {name} [{client}]" if name else f"klien/client [{client}]")
+    if o.get("helo"):
+        parts.append(f"HELO {o['helo']}")
+    if o.get("queue_id"):
+        parts.append(f"antrean/queue {o['queue_id']}")
+    parts.append(f"via {o.get('frontend', 'smtp')}")
+    return _one_line("; ".join(parts))
+
+
 def _quarantine_values(
     config: NoticesConfig, record: QuarantineRecord, verdict: Verdict | None, t: Templates
 ) -> dict[str, str]:
@@ -276,6 +292,7 @@ def _quarantine_values(
         "subject": _one_line(record.subject) or "(tanpa subjek / no subject)",
         "sender": record.sender or "<>",
         "client": record.client,
+        "origin": _origin(record),
         "size": str(record.size),
         "date": _date(record.received_at),
         "classification": record.classification or "-",

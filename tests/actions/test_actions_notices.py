@@ -267,3 +267,28 @@ def test_dsn_subject_with_a_broken_encoded_word() -> None:
         reporting_mta="gw.test",
     )
     assert b"multipart/report" in data
+
+
+def test_officer_alert_names_where_the_message_came_from() -> None:
+    """Behind Postfix the connecting client is Postfix itself: the alert names the
+    civil servant's login, machine and Postfix's queue id, so the officer can act."""
+    record = replace(
+        RECORD,
+        origin={
+            "frontend": "milter",
+            "client_address": "10.20.30.40",
+            "client_name": "pc-budi.bpkd.jakarta.go.id",
+            "helo": "pc-budi",
+            "login": "budi",
+            "queue_id": "4XyZ1abcDE\r\nBcc: x@example.com",
+        },
+    )
+    msg = parse(officer_alert(CONFIG, record, verdict=VERDICT) or b"")
+    text = body_of(msg)
+    origin = (
+        "login budi; klien/client pc-budi.bpkd.jakarta.go.id [10.20.30.40]; HELO pc-budi; "
+        "antrean/queue 4XyZ1abcDE Bcc: x@example.com; via milter"
+    )
+    assert f"Asal:            {origin}" in text
+    assert f"Origin:        {origin}" in text
+    assert msg["Bcc"] is None
