@@ -15,13 +15,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages the tests need: Postfix's smtp-sink/smtp-source, swaks, openssl (DKIM
-# keys, test certificates), libmagic.
+# Debian packages the tests need: Postfix (a real instance for the recipes, smtp-sink,
+# smtp-source), swaks, miltertest (a second milter client), openssl (DKIM keys, test
+# certificates), libmagic.
 deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
 	  command -v smtp-sink >/dev/null || [ -x /usr/sbin/smtp-sink ] || missing="$$missing postfix"; \
 	  command -v swaks >/dev/null || missing="$$missing swaks"; \
+	  command -v miltertest >/dev/null || missing="$$missing miltertest"; \
 	  command -v openssl >/dev/null || missing="$$missing openssl"; \
 	  [ -e /usr/lib/x86_64-linux-gnu/libmagic.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/libmagic.so.1 ] || missing="$$missing libmagic1"; \
 	  if [ -n "$$missing" ]; then \

@@ -157,7 +157,9 @@ class GatewayProcess:
             "quarantine": {"database": f"sqlite:///{tmp}/q.sqlite3", "spool": str(tmp / "spool")},
         }
         cfg.update(settings)
-        self.port = int(str(cfg["listen"][0]).rsplit(":", 1)[1])
+        # The port to wait for: the SMTP proxy's, else the milter front-end's.
+        first = cfg["listen"][0] if cfg["listen"] else cfg["milter"]["listen"][0]
+        self.port = int(str(first).rsplit(":", 1)[1])
         self.config_path.write_text(yaml.safe_dump(cfg))
         self.log_path = tmp / f"gateway-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
