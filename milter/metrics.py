@@ -16,8 +16,21 @@ from prometheus_client import (
     start_http_server,
 )
 
-MESSAGES = Counter("milter_messages", "Messages by outcome of the DATA reply", ["outcome"])
-RECIPIENTS = Counter("milter_recipients", "Recipients by action taken", ["action"])
+MESSAGES = Counter(
+    "milter_messages", "Messages by front-end and outcome of the reply", ["frontend", "outcome"]
+)
+RECIPIENTS = Counter(
+    "milter_recipients", "Recipients by front-end and action taken", ["frontend", "action"]
+)
+FRONTENDS = ("smtp", "milter")
+MILTER_CONNECTIONS = Gauge(
+    "milter_milter_connections", "Milter-protocol connections open", multiprocess_mode="livesum"
+)
+MILTER_PROTOCOL_ERRORS = Counter(
+    "milter_milter_protocol_errors",
+    "Milter connections closed for bad input, by reason",
+    ["reason"],
+)
 PROCESSING = Histogram(
     "milter_processing_seconds",
     "Time from end of DATA to the reply (inspection, policy, delivery)",
@@ -37,6 +50,13 @@ SESSIONS = Gauge(
 POLICY_RELOADS = Counter("milter_policy_reloads", "Policy reloads by result", ["result"])
 MESSAGE_BYTES = Counter("milter_message_bytes", "Bytes received in accepted DATA")
 DKIM_FAILURES = Counter("milter_dkim_failures", "Messages sent unsigned because signing failed")
+
+
+# Every front-end's series exist from the start at zero, so a rate() over a fresh
+# gateway is 0, not absent.
+for _frontend in FRONTENDS:
+    for _outcome in ("delivered", "quarantined", "partial", "rejected", "deferred"):
+        MESSAGES.labels(_frontend, _outcome)
 
 
 def serve(host: str, port: int) -> None:

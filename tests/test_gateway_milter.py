@@ -283,13 +283,17 @@ def test_proxy_and_milter_in_one_process(gateway_factory: Any, tmp_path: Path, s
     """Both front-ends over one pipeline: the same policy and quarantine answer both."""
     import smtplib
 
+    import urllib.request
+
     address = f"inet:127.0.0.1:{free_port()}"
+    mport = free_port()
     gw = gateway_factory(
         milter={"listen": [address]},
         upstream=f"smtp://127.0.0.1:{sink.port}",
         routes={"sanapati": {"url": f"maildir:{tmp_path}/sanapati", "tls": "none"}},
         policy=POLICY,
         notices={"enabled": False},
+        metrics=f"127.0.0.1:{mport}",
     )
     front = MilterGateway(gw, address, tmp_path)
     assert [chr(p.command) for p in front.run(SENDER, ["sari@gmail.com"], RAHASIA)] == ["d"]
@@ -297,3 +301,7 @@ def test_proxy_and_milter_in_one_process(gateway_factory: Any, tmp_path: Path, s
         s.sendmail(SENDER, ["sari@gmail.com"], RAHASIA)
     held = front.quarantine()
     assert sorted(h["frontend"] for h in held) == ["milter", "smtp"]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+    for frontend in ("milter", "smtp"):
+        assert f'milter_messages_total{{frontend="{frontend}",outcome="quarantined"}} 1.0' in text
+    assert 'milter_messages_total{frontend="milter",outcome="rejected"} 0.0' in text

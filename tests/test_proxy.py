@@ -305,7 +305,7 @@ def test_two_workers_and_metrics(sink: Sink, gateway_factory) -> None:
     assert len(sink.wait_for(10)) == 10
     body = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read()
     text = body.decode()
-    assert 'milter_messages_total{outcome="delivered"} 10.0' in text
+    assert 'milter_messages_total{frontend="smtp",outcome="delivered"} 10.0' in text
     assert "milter_processing_seconds_bucket" in text
     pids = {line for line in gw.log().splitlines() if '"event": "listening"' in line}
     assert len(pids) == 2

@@ -547,9 +547,9 @@ class Pipeline:
     ) -> None:
         elapsed = time.monotonic() - started
         metrics.PROCESSING.observe(elapsed)
-        metrics.MESSAGES.labels(outcome.label).inc()
+        metrics.MESSAGES.labels(env.frontend, outcome.label).inc()
         for o in outcome.recipients:
-            metrics.RECIPIENTS.labels(o.action).inc()
+            metrics.RECIPIENTS.labels(env.frontend, o.action).inc()
         if outcome.reply.code < 400:
             metrics.MESSAGE_BYTES.inc(message.size)
         clauses = {r.address: list(r.clauses) for r in verdict.recipients} if verdict else {}

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from milter import log
+from milter import log, metrics
 from milter.milterproto import codec
 from milter.milterproto.assembly import MessageBuilder
 from milter.milterproto.codec import (
@@ -269,6 +269,7 @@ class _Connection:
             await self.writer.drain()
 
     async def run(self) -> None:
+        metrics.MILTER_CONNECTIONS.inc()
         try:
             while True:
                 if self.early:
@@ -278,6 +279,7 @@ class _Connection:
                         async with asyncio.timeout(self.server.timeout):
                             data = await self.reader.read(_READ_SIZE)
                     except TimeoutError:
+                        metrics.MILTER_PROTOCOL_ERRORS.labels("timeout").inc()
                         log.event(
                             "milter.timeout",
                             logging.WARNING,
@@ -301,6 +303,7 @@ class _Connection:
                 if self.server.closing and not self.busy:
                     return
         except MilterProtocolError as exc:
+            metrics.MILTER_PROTOCOL_ERRORS.labels(type(exc).__name__).inc()
             log.event(
                 "milter.protocol_error",
                 logging.WARNING,
@@ -310,6 +313,7 @@ class _Connection:
         except (ConnectionError, OSError) as exc:
             log.failure("milter.connection_error", exc, logging.WARNING, peer=self.peer)
         finally:
+            metrics.MILTER_CONNECTIONS.dec()
             self._reset_transaction()
             self.writer.close()
 
