@@ -89,6 +89,29 @@ def disposition(part: Message) -> str:
 
 
 _EOL_AT_END = re.compile(rb"(?:\r\n|\r|\n)\Z")
+_UNUSUAL_FIELD_START = (b" ", b"\t", b":", b"From ")
+
+
+def header_info(fields: list[bytes], default_type: str) -> Message:
+    """``mimetree.header_info`` without the feedparser when the fields need none of it.
+
+    The feedparser joins the fields, decodes them, splits them into lines again and
+    runs a generator per entity; with ``compat32`` all it then keeps of an ordinary
+    field is the name before the first colon and the rest with leading blanks and the
+    final line end stripped (``Compat32.header_source_parse``). Fields the feedparser
+    treats specially (a leading continuation line, an mbox ``From `` line, a colon in
+    the first column: each a defect or an envelope) still go through it, so the
+    ``Message`` and its defects are the same either way.
+    """
+    if any(field.startswith(_UNUSUAL_FIELD_START) for field in fields):
+        return mimetree.header_info(fields, default_type)
+    info = Message()
+    for field in fields:
+        name, value = field.decode("ascii", "surrogateescape").split(":", 1)
+        info.set_raw(name, value.lstrip(" \t").rstrip("\r\n"))
+    info.set_payload("")
+    info.set_default_type(default_type)
+    return info
 
 
 class Node:
@@ -108,7 +131,18 @@ class Node:
     could not be split, and so does this class.
     """
 
-    __slots__ = ("_spans", "_tail", "base", "body_start", "cut", "defects", "end", "info", "kind")
+    __slots__ = (
+        "_spans",
+        "_tail",
+        "base",
+        "body_start",
+        "ctype",
+        "cut",
+        "defects",
+        "end",
+        "info",
+        "kind",
+    )
 
     def __init__(
         self,
@@ -124,7 +158,7 @@ class Node:
         self.end = end
         self.cut = cut
         head = mimetree.split_head(base[start:end])
-        self.info: Message = mimetree.header_info(head.fields, default_type)
+        self.info: Message = header_info(head.fields, default_type)
         self.body_start = start + head.body_start
         self.defects: list[str] = ["MissingHeaderBodySeparatorDefect"] if head.missing_sep else []
         self.defects.extend(type(d).__name__ for d in self.info.defects)
@@ -134,8 +168,10 @@ class Node:
         if not head.sep and not head.missing_sep:
             self.cut = 0
         self.kind = "leaf"
-        maintype = self.info.get_content_maintype()
-        if self.info.get_content_type() == "message/delivery-status":
+        # Parsed once here: ``get_content_type`` re-parses the header on every call.
+        self.ctype = self.info.get_content_type()
+        maintype = self.ctype.split("/")[0]
+        if self.ctype == "message/delivery-status":
             self.kind = "message"
             self._spans = [(self.body_start, self._first_block_end(), self.cut)]
         elif maintype == "message":
@@ -221,7 +257,7 @@ class Node:
 
     def parts(self) -> Iterator[Node]:
         """The parts of a multipart, or the one message a ``message/*`` holds; built lazily."""
-        default = "message/rfc822" if self.info.get_content_type() == "multipart/digest" else None
+        default = "message/rfc822" if self.ctype == "multipart/digest" else None
         for start, end, cut in self._spans:
             yield Node(self.base, start, end, cut=cut, default_type=default or "text/plain")
 

@@ -11,6 +11,8 @@ which needs no parser at all.
 
 from __future__ import annotations
 
+import codecs
+import encodings.cp1252
 import re
 import time
 import zlib
@@ -27,10 +29,25 @@ _INFO_PAIR = re.compile(
 )
 _XMP_ELEM = re.compile(rb"<(?:[\w.\-]+:)?([\w.\-]{3,80})>([^<]{1,200})</")
 _XMP_ATTR = re.compile(rb"\s(?:[\w.\-]+:)([\w.\-]{3,80})=\"([^\"]{1,200})\"")
+# The tokens of a content stream that text extraction needs, and nothing else, so one
+# ``findall`` does the scanning in C. No two alternatives start with the same byte, so
+# each token is told by its first one. Strings nest one level, as in most producers;
+# a string nested deeper is not a token and the scan resumes inside it. The string
+# loops are possessive (linear, no backtracking) and match what a backtracking loop
+# would: their branches start with different bytes, none of them ``)``, so giving back
+# an iteration could never let the closing ``)`` match. Runs of plain bytes go in one
+# step instead of one alternation per byte, which is most of the scanning time.
+# Only negative numbers are kept (a gap in a ``TJ`` array); a positive number's bytes
+# (digits, ``.``) begin no other token, so leaving them out changes no other token.
 _TOKEN = re.compile(
-    rb"\((?:\\.|[^\\()]|\((?:\\.|[^\\()])*\))*\)|<[0-9A-Fa-f\s]*>|\[|\]|-?\d*\.?\d+|"
-    rb"T[jJdDm*]|'|\"|BT|ET"
+    rb"\((?:[^\\()]++|\\.|\((?:[^\\()]++|\\.)*+\))*+\)|<[0-9A-Fa-f\s]*+>|[\[\]'\"]|-\d*\.?\d+|"
+    rb"T[jJdDm*]|BT|ET"
 )
+_HEX_JUNK = re.compile(rb"[^0-9A-Fa-f]")
+_CP1252 = encodings.cp1252.decoding_table
+# First bytes of the tokens above.
+_OPEN, _HEX, _ARRAY, _END_ARRAY, _QUOTE, _DQUOTE = b"(<[]'\""
+_T, _B, _E, _j, _J = b"TBEjJ"
 _ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"f": b"\f"}
 _ESC = re.compile(rb"\\([0-7]{1,3}|.)", re.DOTALL)
 _MSIP_KEY = re.compile(r"MSIP_Label_[0-9a-fA-F\-]{36}_(Name|Enabled)", re.IGNORECASE)
@@ -77,18 +94,24 @@ def _unescape_literal(raw: bytes) -> bytes:
 
 def pdf_string(token: bytes) -> str:
     """A PDF string object (literal or hex) as text: UTF-16 with a BOM, else Latin-1-ish."""
-    if token.startswith(b"<"):
-        hexdigits = re.sub(rb"[^0-9A-Fa-f]", b"", token)
+    if token[0] == _HEX:
+        hexdigits = _HEX_JUNK.sub(b"", token)
         if len(hexdigits) % 2:
             hexdigits += b"0"
         raw = bytes.fromhex(hexdigits.decode("ascii"))
     else:
-        raw = _unescape_literal(token[1:-1])
-    if raw.startswith(b"\xfe\xff"):
+        raw = token[1:-1]
+        if b"\\" in raw:
+            raw = _unescape_literal(raw)
+    if raw.isascii():  # the usual case; no BOM is ASCII, and cp1252 is ASCII below 0x80
+        return raw.decode("ascii")
+    if raw[:2] == b"\xfe\xff":
         return raw[2:].decode("utf-16-be", "replace")
-    if raw.startswith(b"\xef\xbb\xbf"):
+    if raw[:3] == b"\xef\xbb\xbf":
         return raw[3:].decode("utf-8", "replace")
-    return raw.decode("cp1252", "replace")
+    # What ``raw.decode("cp1252", "replace")`` does, without the codec registry lookup
+    # and the Python-level wrapper: this runs once per string shown on a page.
+    return codecs.charmap_decode(raw, "replace", _CP1252)[0]
 
 
 def _name(raw: bytes) -> str:
@@ -119,47 +142,49 @@ def _xmp_properties(blob: bytes, out: list[tuple[str, str, str]]) -> None:
 
 
 def _content_text(stream: bytes) -> str:
-    """Text shown by a content stream's string operators, one line per positioning op."""
+    """Text shown by a content stream's string operators, one line per positioning op.
+
+    Strings collect until an operator shows them (``Tj``, ``TJ``) or starts a new line
+    with them (``'``, ``"``); ``Td``, ``TD``, ``T*`` and ``Tm`` end a line, and a gap
+    wider than 250 thousandths of an em inside a ``TJ`` array is a space. Only what sits
+    between ``BT`` and ``ET`` counts.
+    """
     lines: list[str] = []
     current: list[str] = []
     pending: list[str] = []
     in_text = False
     in_array = False
-    for m in _TOKEN.finditer(stream):
-        tok = m.group()
-        if tok == b"BT":
+    for tok in _TOKEN.findall(stream):
+        first = tok[0]
+        if first == _B:  # BT
             in_text = True
-        elif tok == b"ET":
+        elif first == _E:  # ET
             in_text = False
             if current:
                 lines.append("".join(current))
                 current = []
         elif not in_text:
             continue
-        elif tok[:1] in (b"(", b"<"):
+        elif first in (_OPEN, _HEX):
             pending.append(pdf_string(tok))
-        elif tok in (b"Tj", b"TJ"):
-            current.extend(pending)
-            pending = []
-        elif tok in (b"'", b'"'):
-            if current:
-                lines.append("".join(current))
-            current = list(pending)
-            pending = []
-        elif tok in (b"Td", b"TD", b"T*", b"Tm"):
-            if current:
+        elif first == _T:
+            if tok[1] in (_j, _J):  # Tj, TJ
+                current.extend(pending)
+                pending = []
+            elif current:  # Td, TD, T*, Tm
                 lines.append("".join(current))
                 current = []
-        elif tok == b"[":
+        elif first in (_QUOTE, _DQUOTE):
+            if current:
+                lines.append("".join(current))
+            current = pending
+            pending = []
+        elif first == _ARRAY:
             in_array = True
-        elif tok == b"]":
+        elif first == _END_ARRAY:
             in_array = False
-        elif in_array and pending and tok.startswith(b"-"):
-            try:
-                if float(tok) < -250:
-                    pending.append(" ")
-            except ValueError:
-                pass
+        elif in_array and pending and float(tok) < -250:  # a negative number
+            pending.append(" ")
     if current:
         lines.append("".join(current))
     return "\n".join(lines)

@@ -258,7 +258,7 @@ def walk(
         raise LimitReached("MIME part limit reached")
     for defect in part.defects:
         ctx.defect(f"{container + '/' if container else ''}{where}", defect)
-    ctype = mime.content_type(part.info)
+    ctype = part.ctype
     if part.kind != "leaf":
         if section.count(".") + 1 > ctx.limits.mime_depth:
             ctx.note_unscannable("MIME depth limit reached")
