@@ -50,6 +50,8 @@ bench: deps $(STAMP)
 	$(BIN)/python -m bench.bench_policy --rounds 3000
 	$(BIN)/python -m bench.bench_quarantine
 	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.bench_postfix --count 1000
+	$(BIN)/python -m bench.bench_milter_codec --seconds 3
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
