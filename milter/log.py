@@ -6,17 +6,22 @@ with a stable set of keys, and nothing else is logged per message at INFO.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from typing import Any
+
+from milter.text import json_dumps
 
 MESSAGE_LOG = logging.getLogger("milter.message")
 log = logging.getLogger("milter")
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record. Values often come from a message (subjects, file
+    names, addresses): ``json_dumps`` escapes the control and bidi characters that
+    plain ``json.dumps`` leaves raw, so reading the log on a terminal is safe."""
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -31,7 +36,7 @@ class JsonFormatter(logging.Formatter):
             out["msg"] = record.getMessage()
         if record.exc_info and record.levelno >= logging.ERROR:
             out["error"] = self.formatException(record.exc_info).splitlines()[-1]
-        return json.dumps(out, ensure_ascii=False, default=str)
+        return json_dumps(out, default=str)
 
 
 def setup(level: str = "INFO") -> None:

@@ -13,10 +13,18 @@ import mmap
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 CHUNK = 256 * 1024
+# Spool files are ``msg-`` and tempfile's random suffix (lower-case letters, digits
+# and ``_``); nothing else in a spool directory is the gateway's to remove.
+SPOOL_PREFIX = "msg-"
+_SPOOL_NAME = re.compile(re.escape(SPOOL_PREFIX) + r"[a-z0-9_]+\Z")
+# When this module was first imported: close to the start of the process, and, as
+# forked workers inherit it, of the supervisor that forked them.
+_IMPORTED = time.time()
 
 
 _LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
@@ -193,7 +201,7 @@ class SpoolWriter:
             if self.directory:
                 Path(self.directory).mkdir(parents=True, exist_ok=True, mode=0o700)
             self._fh = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives past this call
-                prefix="msg-", dir=self.directory, delete=False
+                prefix=SPOOL_PREFIX, dir=self.directory, delete=False
             )
             self._fh.write(self._buf)
             self._buf = bytearray()
@@ -218,3 +226,58 @@ class SpoolWriter:
             with contextlib.suppress(OSError):
                 os.unlink(self._fh.name)
             self._fh = None
+
+
+def process_started(pid: int | None = None) -> float:
+    """When process ``pid`` (default: this one) started, in ``time.time()`` seconds.
+
+    Read from ``/proc`` (Linux). Elsewhere, or if that fails, an answer that errs
+    towards sparing files: for this process the time this module was imported (no
+    earlier than the true start), for another one 0.0 (nothing is known to be older).
+    """
+    try:
+        with open(f"/proc/{pid or 'self'}/stat", "rb") as fh:
+            # Field 22, counted after the command name, which may itself hold spaces.
+            ticks = int(fh.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/stat", "rb") as fh:
+            boot = next(int(line.split()[1]) for line in fh if line.startswith(b"btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED if pid is None else 0.0
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def sweep_spool(directory: str, before: float | None = None) -> int:
+    """Remove spool files left by a process that died mid-message; how many went.
+
+    A spool file lives only as long as its message is being received or processed,
+    and its process removes it; one that was killed (OOM, SIGKILL, power loss) leaves
+    it behind for good, holding mail content on disk. At start, every file named like
+    the gateway's own (``msg-`` + tempfile suffix) in ``directory`` and last written
+    before ``before`` (default: this process's start) is such a leftover: a file still
+    in use was written since. A workers' supervisor passes its own start time, so a
+    replacement worker spares the files of its siblings. Other files and
+    subdirectories are never touched, and a file that cannot be removed is skipped.
+    An empty ``directory`` (spool files in the system's temporary directory, shared
+    with other programs) is not swept.
+    """
+    if not directory:
+        return 0
+    cutoff = process_started() if before is None else before
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not _SPOOL_NAME.match(entry.name):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed += 1
+    return removed

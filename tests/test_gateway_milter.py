@@ -305,3 +305,26 @@ def test_proxy_and_milter_in_one_process(gateway_factory: Any, tmp_path: Path, s
     for frontend in ("milter", "smtp"):
         assert f'milter_messages_total{{frontend="{frontend}",outcome="quarantined"}} 1.0' in text
     assert 'milter_messages_total{frontend="milter",outcome="rejected"} 0.0' in text
+
+
+def test_two_workers_share_inet_and_unix_milter_sockets(
+    gateway_factory: Any, tmp_path: Path, sink: Sink
+) -> None:
+    inet = f"inet:127.0.0.1:{free_port()}"
+    unix = f"unix:{tmp_path}/milter.sock"
+    gw = gateway_factory(
+        listen=[],
+        milter={"listen": [inet, unix]},
+        upstream=f"smtp://127.0.0.1:{sink.port}",
+        routes={"sanapati": {"url": f"maildir:{tmp_path}/sanapati", "tls": "none"}},
+        policy=POLICY,
+        notices={"enabled": False},
+        workers=2,
+    )
+    assert gw.wait_log('"event": "listening"', 2)
+    for address in (inet, unix) * 3:
+        front = MilterGateway(gw, address, tmp_path)
+        assert [chr(p.command) for p in front.run(SENDER, ["sari@gmail.com"], RAHASIA)] == ["d"]
+    assert len(front.quarantine()) == 6
+    assert gw.stop() == 0
+    assert not (tmp_path / "milter.sock").exists()

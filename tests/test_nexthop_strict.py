@@ -105,7 +105,7 @@ def no_body_as_commands(h: ScriptedHop) -> bool:
                    for line in h.commands)
 
 
-def test_stream_reader_still_has_the_buffer_the_client_inspects() -> None:
+async def test_stream_reader_still_has_the_buffer_the_client_inspects() -> None:
     # SmtpConnection.unread() reads StreamReader._buffer (there is no public API);
     # should a Python release rename it, this fails instead of the check going blind.
     assert isinstance(vars(asyncio.StreamReader())["_buffer"], bytearray)

@@ -8,6 +8,11 @@ Bahasa Indonesia first, English second, and filled with ``string.Template``
 placeholders (``$subject``, ``$id``, ...): an administrator can reword them without
 touching code, and a placeholder they misspell shows up as written instead of failing.
 
+Every value taken from a message (subject, sender, recipients, file names in the
+reasons, the client's HELO and login) goes through ``printable``: an officer reads
+alerts in a terminal mail reader as often as not, and an ESC sequence or a bidi
+override in a subject must show as ``\x1b`` or ``\u202e``, not act.
+
 No backscatter: ``should_notify_sender`` is False for the null sender and for any
 sender outside the internal domains, whose address may well be forged.
 """
@@ -32,6 +37,7 @@ from milter.envelope import domain_of
 from milter.mimetree import decode_words
 from milter.policy.verdict import RecipientVerdict, RuleResult, Verdict
 from milter.quarantine.store import QuarantineRecord
+from milter.text import printable
 
 SHIPPED = Path(__file__).with_name("templates")
 TEMPLATE_NAMES = ("quarantine_notice", "officer_alert", "audit_alert", "rule_alert", "dsn")
@@ -170,12 +176,16 @@ class RateLimiter:
 
 
 def _one_line(text: str, limit: int = MAX_SUBJECT) -> str:
+    """One line, at most ``limit`` characters, with every other control character
+    shown as an escape (``printable``): safe to put in a notice's text or Subject."""
     flat = re.sub(r"[\r\n\t\x00]+", " ", text).strip()
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    flat = flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return printable(flat)
 
 
 def _bullets(items: Iterable[str]) -> str:
-    lines = [f"  - {i}" for i in items]
+    """One ``  - item`` line per item; each item is message text, shown ``printable``."""
+    lines = [f"  - {printable(i)}" for i in items]
     return "\n".join(lines) if lines else "  -"
 
 
@@ -196,7 +206,7 @@ def _rule_lines(
     for rule in rules or ("(tidak disebutkan / not named)",):
         clause_list = _split_clauses(clauses_by_rule.get(rule)) or list(fallback_clauses)
         desc = descriptions.get(rule)
-        head = f"{rule}" + (f": {desc}" if desc else "")
+        head = printable(f"{rule}" + (f": {desc}" if desc else ""))
         ids.append(head)
         ens.append(head)
         for c in clause_list:
@@ -290,12 +300,12 @@ def _quarantine_values(
     return {
         "id": record.id,
         "subject": _one_line(record.subject) or "(tanpa subjek / no subject)",
-        "sender": record.sender or "<>",
-        "client": record.client,
+        "sender": printable(record.sender or "<>"),
+        "client": printable(record.client),
         "origin": _origin(record),
         "size": str(record.size),
         "date": _date(record.received_at),
-        "classification": record.classification or "-",
+        "classification": printable(record.classification or "-"),
         "recipients": _bullets(record.recipients),
         "rules_id": rules_id,
         "rules_en": rules_en,
@@ -349,8 +359,8 @@ def _rules_values(verdict: Verdict, names: Sequence[str], t: Templates) -> dict[
     reasons = [f"{r.name}: {x}" for r in matched.values() for x in r.reasons]
     rules_id, rules_en = _rule_lines(list(names), clauses, descriptions, (), t)
     return {
-        "rule_names": ", ".join(names),
-        "classification": verdict.classification or "-",
+        "rule_names": printable(", ".join(names)),
+        "classification": printable(verdict.classification or "-"),
         "rules_id": rules_id,
         "rules_en": rules_en,
         "reasons": _bullets(reasons),
@@ -380,7 +390,7 @@ def audit_alert(
     t = _templates(config, templates)
     values = {
         "queue_id": queue_id,
-        "sender": sender or "<>",
+        "sender": printable(sender or "<>"),
         "subject": _one_line(subject) or "(tanpa subjek / no subject)",
         "recipients": _bullets(recipients or [r.address for r in verdict.recipients]),
         **_rules_values(verdict, names, t),
@@ -409,7 +419,7 @@ def rule_alert(
     t = _templates(config, templates)
     values = {
         "queue_id": queue_id,
-        "sender": sender or "<>",
+        "sender": printable(sender or "<>"),
         "subject": _one_line(subject) or "(tanpa subjek / no subject)",
         "outcomes": _bullets(f"{a}: {o}" for a, o in outcomes),
         **_rules_values(verdict, rules, t),

@@ -14,8 +14,10 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import tempfile
 import time
+from collections.abc import Mapping
 from types import FrameType
 
 from milter import log
@@ -27,7 +29,13 @@ from milter.config import GatewayConfig
 FAILURE_WINDOW = 60.0
 
 
-async def run(config: GatewayConfig, components: Components, *, reuse_port: bool = False) -> None:
+async def run(
+    config: GatewayConfig,
+    components: Components,
+    *,
+    reuse_port: bool = False,
+    unix_sockets: Mapping[str, socket.socket] | None = None,
+) -> None:
     """Serve until SIGTERM or SIGINT; SIGHUP reloads the policy."""
     from milter.milterproto.frontend import milter_server
     from milter.smtp.proxy import Gateway
@@ -39,7 +47,7 @@ async def run(config: GatewayConfig, components: Components, *, reuse_port: bool
         if gateway is not None:
             await gateway.start(reuse_port=reuse_port)
         if milter is not None:
-            await milter.start()
+            await milter.start(reuse_port=reuse_port, unix_sockets=unix_sockets)
     except BaseException:
         if gateway is not None:
             await gateway.shutdown(0, close_pipeline=False)
@@ -84,6 +92,13 @@ def supervise(config: GatewayConfig) -> int:
     children: dict[int, int] = {}
     stopping = False
     gave_up = False
+    # A unix socket path can be bound once: bound here, every worker inherits it.
+    unix_sockets: dict[str, socket.socket] = {}
+    if config.milter.listen:
+        from milter.milterproto.server import bind_unix, unix_paths
+
+        for path in unix_paths(config.milter.listen):
+            unix_sockets[path] = bind_unix(path)
 
     def spawn(slot: int) -> None:
         pid = os.fork()
@@ -91,7 +106,7 @@ def supervise(config: GatewayConfig) -> int:
             code = 0
             try:
                 components = build_components(config)
-                asyncio.run(run(config, components, reuse_port=True))
+                asyncio.run(run(config, components, reuse_port=True, unix_sockets=unix_sockets))
             except BaseException as exc:
                 log.event("worker-failed", 40, error=f"{type(exc).__name__}: {exc}")
                 code = 1
@@ -130,6 +145,10 @@ def supervise(config: GatewayConfig) -> int:
             continue
         log.event("worker-replaced", 30, pid=pid, status=status)
         spawn(slot)
+    for path, sock in unix_sockets.items():
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
     if directory.startswith(tempfile.gettempdir()):
         import shutil

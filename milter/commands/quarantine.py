@@ -3,6 +3,10 @@
 Every action that changes a message's fate is audited with who (``--actor`` or the
 OS user), what and why. Releasing is the application's ``release`` (the same the
 review UI calls): claimed first, sent the way the hold interrupted, sent once.
+
+Subjects, addresses, file names and header values were written by the sender: every
+one is shown through ``printable`` (tables and text) or ``json_dumps`` (``--json``),
+so a held message cannot send escape sequences to the officer's terminal.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import datetime as dt
 import email
 import email.policy
 import getpass
-import json
 import sys
 import time
 from email.message import Message
@@ -31,6 +34,7 @@ from milter.quarantine.store import (
     StateConflict,
     open_store,
 )
+from milter.text import json_dumps, printable
 
 
 def _open(args: argparse.Namespace) -> tuple[GatewayConfig, QuarantineStore]:
@@ -97,36 +101,41 @@ def _list(args: argparse.Namespace) -> int:
         except QuarantineError as exc:
             raise CommandError(str(exc)) from None
     if args.json:
-        json.dump([r.to_dict() for r in records], sys.stdout, ensure_ascii=False, indent=1)
-        print()
+        print(json_dumps([r.to_dict() for r in records], indent=1))
         return 0
     if not records:
         print("no messages", file=sys.stderr)
         return 0
     print(f"{'ID':<13} {'RECEIVED':<20} {'STATUS':<9} {'SENDER':<30} {'RULES':<20} SUBJECT")
     for r in records:
-        sender = r.sender or "<>"
+        # Escaped before cut to width, so the columns stay where they are.
+        sender = printable(r.sender or "<>")[:30]
+        rules = printable(",".join(r.rules))[:20]
+        subject = printable(r.subject)[:60]
         rcpts = f"{len(r.recipients)} rcpt"
         print(
-            f"{r.id:<13} {_when(r.received_at):<20} {r.status:<9} {sender[:30]:<30} "
-            f"{','.join(r.rules)[:20]:<20} {r.subject[:60]} ({rcpts})"
+            f"{printable(r.id):<13} {_when(r.received_at):<20} {r.status:<9} {sender:<30} "
+            f"{rules:<20} {subject} ({rcpts})"
         )
     return 0
 
 
 def _parts(msg: Message) -> list[str]:
+    """One line per MIME part: type, disposition, file name and decoded size."""
     lines = []
     for part in msg.walk():
         ctype = part.get_content_type()
         if part.is_multipart():
-            lines.append(f"  {ctype}")
+            lines.append(f"  {printable(ctype)}")
             continue
         payload = part.get_payload(decode=True)
         size = len(payload) if isinstance(payload, bytes) else 0
         name = part.get_filename()
         disposition = part.get_content_disposition() or "inline"
         lines.append(
-            f"  - {ctype} {disposition}" + (f' "{name}"' if name else "") + f" {size} bytes"
+            f"  - {printable(ctype)} {printable(disposition)}"
+            + (f' "{printable(name)}"' if name else "")
+            + f" {size} bytes"
         )
     return lines
 
@@ -142,8 +151,7 @@ def _show(args: argparse.Namespace) -> int:
     if args.json:
         out = rec.to_dict()
         out["stored"] = data is not None
-        json.dump(out, sys.stdout, ensure_ascii=False, indent=1)
-        print()
+        print(json_dumps(out, indent=1))
         return 0
     print(
         f"Quarantine id:  {rec.id}   status: {rec.status}"
@@ -151,19 +159,20 @@ def _show(args: argparse.Namespace) -> int:
     )
     print("Envelope:")
     print(
-        f"  received      {_when(rec.received_at)} from client {rec.client}"
-        + (f", queue id {rec.queue_id}" if rec.queue_id else "")
+        f"  received      {_when(rec.received_at)} from client {printable(rec.client)}"
+        + (f", queue id {printable(rec.queue_id)}" if rec.queue_id else "")
     )
-    print(f"  sender        {rec.sender or '<>'}")
-    print(f"  held for      {', '.join(rec.recipients)}")
-    print(f"  route         {rec.route}")
+    print(f"  sender        {printable(rec.sender or '<>')}")
+    print(f"  held for      {printable(', '.join(rec.recipients))}")
+    print(f"  route         {printable(rec.route)}")
     print(f"  size          {rec.size} bytes")
     print("Why:")
-    print(f"  classification {rec.classification or '-'}; labels {', '.join(rec.labels) or '-'}")
-    print(f"  rules          {', '.join(rec.rules) or '-'}")
-    print(f"  SE 79/SE/2019  {', '.join(rec.clauses) or '-'}")
+    classification = printable(rec.classification or "-")
+    print(f"  classification {classification}; labels {printable(', '.join(rec.labels)) or '-'}")
+    print(f"  rules          {printable(', '.join(rec.rules)) or '-'}")
+    print(f"  SE 79/SE/2019  {printable(', '.join(rec.clauses)) or '-'}")
     print("Findings:")
-    for line in json.dumps(dict(rec.findings), ensure_ascii=False, indent=2).splitlines():
+    for line in json_dumps(dict(rec.findings), indent=2).splitlines():
         print(f"  {line}")
     if data is None:
         print("Message: no longer kept")
@@ -175,7 +184,7 @@ def _show(args: argparse.Namespace) -> int:
             text = str(value)
         except (ValueError, TypeError, IndexError, AttributeError):
             text = repr(value)
-        print(f"  {key}: {text}")
+        print(f"  {printable(key)}: {printable(text)}")
     print("Parts:")
     for line in _parts(msg):
         print(line)
@@ -219,7 +228,10 @@ def _release(args: argparse.Namespace) -> int:
             reason=args.reason,
             to=args.to or (),
         )
-    print(f"{done.record.id} released to {', '.join(done.recipients)} via {done.route}")
+    print(
+        f"{done.record.id} released to {printable(', '.join(done.recipients))}"
+        f" via {printable(done.route)}"
+    )
     return 0
 
 
@@ -262,14 +274,16 @@ def _audit(args: argparse.Namespace) -> int:
         except QuarantineError as exc:
             raise CommandError(str(exc)) from None
     if args.json:
-        json.dump([e.to_dict() for e in entries], sys.stdout, ensure_ascii=False, indent=1)
-        print()
+        print(json_dumps([e.to_dict() for e in entries], indent=1))
     elif not args.verify:
         for e in entries:
-            print(f"{e.seq:>6} {_when(e.at)} {e.actor:<12} {e.action:<15} {e.qid:<13} {e.reason}")
+            print(
+                f"{e.seq:>6} {_when(e.at)} {printable(e.actor):<12} {e.action:<15} "
+                f"{printable(e.qid):<13} {printable(e.reason)}"
+            )
     if args.verify:
         for p in problems:
-            print(f"TAMPERED: {p}", file=sys.stderr)
+            print(f"TAMPERED: {printable(p)}", file=sys.stderr)
         if problems:
             return 1
         print(f"audit log intact: {len(entries)} entries", file=sys.stderr)

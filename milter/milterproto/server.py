@@ -583,23 +583,35 @@ class MilterServer:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def start(self) -> None:
+    async def start(
+        self, *, reuse_port: bool = False, unix_sockets: Mapping[str, socket.socket] | None = None
+    ) -> None:
+        """Listen on every spec. Worker processes of one gateway share an inet port
+        through SO_REUSEPORT (``reuse_port``) and a unix socket their supervisor bound
+        before forking (``unix_sockets``, by path): a path cannot be bound twice."""
         try:
             for spec in self.specs:
-                self._servers.append((spec, await self._listen(spec)))
+                inherited = (unix_sockets or {}).get(spec.path) if spec.family == "unix" else None
+                self._servers.append((spec, await self._listen(spec, reuse_port, inherited)))
         except BaseException:
             await self._close_listeners()
             raise
 
-    async def _listen(self, spec: ListenSpec) -> asyncio.Server:
+    async def _listen(
+        self, spec: ListenSpec, reuse_port: bool, inherited: socket.socket | None
+    ) -> asyncio.Server:
         if spec.family == "unix":
-            _remove_stale_socket(spec.path)
-            server = await asyncio.start_unix_server(self._serve, path=spec.path)
-            os.chmod(spec.path, 0o660)
-            return server
+            if inherited is not None:
+                return await asyncio.start_unix_server(self._serve, sock=inherited)
+            return await asyncio.start_unix_server(self._serve, sock=bind_unix(spec.path))
         family = socket.AF_INET6 if spec.family == "inet6" else socket.AF_INET
         return await asyncio.start_server(
-            self._serve, spec.host, spec.port, family=family, reuse_address=True
+            self._serve,
+            spec.host,
+            spec.port,
+            family=family,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
         )
 
     def bound(self) -> list[str]:
@@ -679,6 +691,28 @@ class MilterServer:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self._close_listeners()
+
+
+def bind_unix(path: str) -> socket.socket:
+    """A listening unix socket at ``path``, readable and writable by the owner and group
+    only (the MTA's user joins the gateway's group), a stale file from a previous run
+    removed first."""
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o660)
+        sock.listen(512)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def unix_paths(listen: Sequence[str]) -> list[str]:
+    """The unix socket paths among listen specs (what a supervisor binds before forking)."""
+    return [spec.path for spec in map(parse_listen, listen) if spec.family == "unix"]
 
 
 def _remove_stale_socket(path: str) -> None:

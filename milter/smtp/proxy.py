@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import re
 import ssl
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from milter import log, metrics
 from milter.app.pipeline import Pipeline
 from milter.config import GatewayConfig
 from milter.envelope import Dsn, Envelope, new_id
-from milter.message import SMUGGLING, Message, SpoolWriter
+from milter.message import SMUGGLING, Message, SpoolWriter, process_started, sweep_spool
 from milter.replies import (
     BAD_ADDRESS,
     LINE_TOO_LONG,
@@ -227,7 +228,23 @@ class Gateway:
     def factory(self) -> GatewaySMTP:
         return GatewaySMTP(self)
 
+    def sweep(self, reuse_port: bool) -> None:
+        """Remove spool files that killed processes left behind, before taking mail.
+
+        ``reuse_port`` means this is one of several workers forked by a supervisor
+        (``workers: N``), possibly a replacement while its siblings are mid-message:
+        only files older than the supervisor, whose start is this worker's parent's,
+        are leftovers then.
+        """
+        before = process_started(os.getppid()) if reuse_port else None
+        removed = sweep_spool(self.config.spool_dir, before)
+        if removed:
+            log.event(
+                "spool-swept", logging.WARNING, removed=removed, directory=self.config.spool_dir
+            )
+
     async def start(self, reuse_port: bool = False) -> None:
+        self.sweep(reuse_port)
         loop = asyncio.get_running_loop()
         for host, port in self.config.listen:
             server = await loop.create_server(
@@ -314,6 +331,7 @@ class GatewaySMTP(SMTP):
         self.gateway = gateway
         self.busy = False
         self.client_ip = ""
+        self.refused = False  # not a client: 554 at once, and never counted as a session
         self._in_ehlo = False
         self._receiving = False  # reading DATA: data_timeout counts from the last bytes
         self._last_read = 0.0
@@ -326,11 +344,17 @@ class GatewaySMTP(SMTP):
 
     # -- connection bookkeeping -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Admission: a host outside ``clients`` may never submit, so it is refused
+        before the greeting and takes no slot of ``max_connections`` or of
+        ``max_connections_per_client``; otherwise idle connections from anywhere
+        could hold every slot and turn the real clients away."""
         first = self.transport is None
-        super().connection_made(transport)
         if first:
             peer = transport.get_extra_info("peername") or ("", 0)
             self.client_ip = str(peer[0])
+            self.refused = not self.gateway.allowed(self.client_ip)
+        super().connection_made(transport)
+        if first and not self.refused:
             gw = self.gateway
             gw.sessions.add(self)
             gw.per_client[self.client_ip] = gw.per_client.get(self.client_ip, 0) + 1
@@ -367,6 +391,10 @@ class GatewaySMTP(SMTP):
 
     async def _handle_client(self) -> None:
         gw = self.gateway
+        if self.refused:
+            await self.push(NOT_PERMITTED.line())
+            self.abort()
+            return
         if gw.closing:
             await self.push(SHUTTING_DOWN.line())
             self.abort()

@@ -7,6 +7,7 @@ the exact command lines it receives, so the assertions are on the wire.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.scripted_hop import ORDINARY_EXTENSIONS, Script, ScriptedHop
-from tests.smtp.conftest import Client
+from tests.smtp.conftest import Client, Closed
 
 POLICY = str(ROOT / "policies" / "se-79-2019.yaml")
 MESSAGE = (
@@ -66,9 +67,13 @@ def test_xforward_is_offered_and_allowed_only_to_clients(
 ) -> None:
     # 127.0.0.1 is a client of this gateway only through 127.0.0.2's network: it is not.
     gw = gateway_factory(upstream=f"smtp://127.0.0.1:{hop.port}", clients=["10.0.0.0/8"])
+    # An outsider is turned away at connect: it never gets to say who anyone is.
     with Client(gw.port) as c:
-        assert b"XFORWARD" not in c.ehlo().text
-        assert c.cmd(b"XFORWARD ADDR=10.1.2.3").code == 550
+        assert c.greeting.code == 554
+        assert c.rest() == b""
+    with Client(gw.port) as c, contextlib.suppress(OSError, Closed):
+        c.send(b"EHLO x\r\nXFORWARD ADDR=10.1.2.3\r\n")
+        assert b"XFORWARD" not in c.rest()
 
 
 def test_dsn_parameters_reach_a_next_hop_that_offers_dsn(
