@@ -73,6 +73,9 @@ class InspectLimits:
     expansion_ratio: float = 100.0
     text_bytes: int = 2 << 20
     time_budget: float = 10.0
+    # Inspection processes per gateway worker (0: a thread of the worker, which a
+    # hostile message can keep busy past its budget).
+    processes: int = 2
 
 
 @dataclass(frozen=True)
@@ -500,7 +503,7 @@ def from_source(src: Source) -> GatewayConfig:
             elif k == "expansion_ratio":
                 lkw[k] = r.conv(v, p, float)
             else:
-                lkw[k] = r.integer(v, p, 1)
+                lkw[k] = r.integer(v, p, 0 if k == "processes" else 1)
         kw["inspect"] = InspectLimits(**lkw)
     if "log_level" in d:
         lvl = str(d["log_level"]).upper()

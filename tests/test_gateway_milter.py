@@ -282,7 +282,6 @@ def test_garbage_on_the_milter_port_is_closed_and_the_next_mta_served(
 def test_proxy_and_milter_in_one_process(gateway_factory: Any, tmp_path: Path, sink: Sink) -> None:
     """Both front-ends over one pipeline: the same policy and quarantine answer both."""
     import smtplib
-
     import urllib.request
 
     address = f"inet:127.0.0.1:{free_port()}"

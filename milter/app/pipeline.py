@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from milter import log, metrics
+from milter.app.inspection import InspectionPool
 from milter.app.outbound import Outbound
 from milter.app.release import ReleasePlan
 from milter.config import GatewayConfig
@@ -183,6 +184,7 @@ class Pipeline:
         self.store = store
         self.notifier = notifier
         self.outbound = Outbound(rewrite, sign)
+        self.inspection: InspectionPool | None = None
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inspect")
         self._background: set[asyncio.Task[None]] = set()
 
@@ -190,6 +192,8 @@ class Pipeline:
         """Switch to a reloaded policy; messages already being decided keep the old one."""
         self.policy = policy
         self.inspector = inspector
+        if self.inspection is not None:
+            self.inspection.use(inspector)
         if self.notifier is not None:
             self.notifier.policy = policy
 
@@ -243,24 +247,29 @@ class Pipeline:
     async def _decide(self, env: Envelope, message: Message) -> tuple[Findings | None, Verdict]:
         if self.policy is None or self.inspector is None:
             return None, deliver_all(env.rcpt_tos)
-        loop = asyncio.get_running_loop()
         t0 = time.monotonic()
-        inspector = self.inspector
-        # The inspector keeps its own time budget; this bound only catches a stuck worker.
+        if self.inspection is not None:
+            findings = await self.inspection.inspect(message.content())
+        else:
+            findings = await self._inspect_in_thread(self.inspector, message)
+        metrics.INSPECTION.observe(time.monotonic() - t0)
+        return findings, self.policy.evaluate(env, findings)
+
+    async def _inspect_in_thread(self, inspector: Inspector, message: Message) -> Findings:
+        """Without inspection processes (``inspect.processes: 0``): a thread, which a
+        hostile message can keep busy; the bound below only gives later messages a
+        fresh thread."""
+        loop = asyncio.get_running_loop()
         budget = self.config.inspect.time_budget * 3 + 5
         pool = self._pool
         try:
             async with asyncio.timeout(budget):
-                findings = await loop.run_in_executor(pool, inspector, message.content())
+                return await loop.run_in_executor(pool, inspector, message.content())
         except TimeoutError:
-            # A thread cannot be stopped: leave it to finish alone and give the next
-            # messages fresh workers, so one stuck message never holds up the rest.
             if self._pool is pool:
                 self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inspect")
                 pool.shutdown(wait=False)
             raise
-        metrics.INSPECTION.observe(time.monotonic() - t0)
-        return findings, self.policy.evaluate(env, findings)
 
     async def _act(
         self,
@@ -577,7 +586,14 @@ class Pipeline:
             duration_ms=round(elapsed * 1000, 1),
         )
 
+    async def start(self) -> None:
+        """Start what must run before the first message (the inspection processes)."""
+        if self.inspection is not None:
+            await self.inspection.start()
+
     async def close(self) -> None:
+        if self.inspection is not None:
+            await self.inspection.close()
         if self._background:
             with contextlib.suppress(Exception):
                 await asyncio.wait(self._background, timeout=10)

@@ -106,6 +106,17 @@ def make_pipeline(config: GatewayConfig, components: Components) -> Pipeline:
 
         pipeline.policy = components.policy
         pipeline.inspector = inspector_for(components.policy, config)
+        limits = config.inspect
+        if limits.processes > 0:
+            from milter.app.inspection import InspectionPool
+
+            # The inspector's own budget ends the scan cooperatively; this one kills a
+            # process that did not get there.
+            pipeline.inspection = InspectionPool(
+                pipeline.inspector,
+                size=limits.processes,
+                budget=limits.time_budget + max(1.0, limits.time_budget / 2),
+            )
         pipeline.store = components.store
         pipeline.notifier = GatewayNotifier(config, components.policy, deliverer)
     return pipeline

@@ -44,6 +44,7 @@ async def run(
     gateway = Gateway(config, pipeline) if config.listen else None
     milter = milter_server(config, pipeline) if config.milter.listen else None
     try:
+        await pipeline.start()
         if gateway is not None:
             await gateway.start(reuse_port=reuse_port)
         if milter is not None:

@@ -83,7 +83,7 @@ class PdfResult:
 def _unescape_literal(raw: bytes) -> bytes:
     def sub(m: re.Match[bytes]) -> bytes:
         s = m.group(1)
-        if s[:1].isdigit():
+        if b"0" <= s[:1] <= b"7":  # \8 and \9 are not octal: the backslash is dropped
             return bytes([int(s, 8) & 0xFF])
         if s in (b"\n", b"\r"):
             return b""

@@ -412,7 +412,8 @@ def body(
     ctx: Context, part: mime.Node, ctype: str, data: bytes, *, where: str, depth: int, prefix: str
 ) -> None:
     """A text or HTML body: its text feeds detectors, its top and bottom lines may be markings."""
-    true_type = filetype.sniff(data)
+    plain = filetype.text_body_type(data, ctype) if depth == 1 else None
+    true_type = plain or filetype.sniff(data)
     flags: set[str] = set()
     reason = None
     ext = ""
