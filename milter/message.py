@@ -170,10 +170,13 @@ class SpoolWriter:
 
     Bare LF line ends (Unix tools write them; SMTP forbids them) become CRLF on the
     way in, as Postfix does when it relays: the next hop may refuse bare LF, and the
-    inspector, the rewriter and the next hop then all see the same lines.
+    inspector, the rewriter and the next hop then all see the same lines. A writer whose
+    caller has repaired the line ends already (the milter front-end stuffs as it
+    receives) says ``repair=False``: a second pass costs as much as the protocol itself.
     """
 
-    def __init__(self, threshold: int, directory: str | None) -> None:
+    def __init__(self, threshold: int, directory: str | None, *, repair: bool = True) -> None:
+        self.repair = repair
         self.threshold = threshold
         self.directory = directory or None
         self._buf = bytearray()
@@ -191,7 +194,8 @@ class SpoolWriter:
         return head + _BARE_LF.sub(b"\r\n", data)
 
     def write(self, data: bytes | bytearray) -> None:
-        data = self._crlf(data)
+        if self.repair:
+            data = self._crlf(data)
         self.size += len(data)
         if self._fh is not None:
             self._fh.write(data)
@@ -206,7 +210,7 @@ class SpoolWriter:
             self._fh.write(self._buf)
             self._buf = bytearray()
 
-    def finish(self, strip_tail: int) -> Message:
+    def finish(self, strip_tail: int = 0) -> Message:
         """The message, dropping the last ``strip_tail`` bytes (the terminating dot line)."""
         if self._fh is None:
             del self._buf[len(self._buf) - strip_tail :]

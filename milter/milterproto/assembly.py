@@ -3,71 +3,19 @@
 The rest of the gateway keeps a message dot-stuffed, as SMTP carries it (see
 ``milter.message``), so the milter front-end stuffs while it receives instead of
 making a second pass over a large spooled file. Memory stays bounded: past a
-threshold the bytes go to a temporary file in the spool directory.
+threshold the bytes go to a temporary file in the spool directory (the gateway's one
+``SpoolWriter``, so its leftovers are swept like the SMTP proxy's).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import tempfile
-from pathlib import Path
-from typing import IO
 
-from milter.message import Message
+from milter.message import Message, SpoolWriter
 
 _FOLD = re.compile(rb"\r?\n")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _LINE_DOT = re.compile(rb"\n\.")  # a regex finds it faster than ``in`` in base64 text
-
-
-class Spool:
-    """Stuffed bytes in memory, moved to a private temporary file past a threshold.
-
-    Like ``milter.message.SpoolWriter`` without its line-end repair, which the
-    stuffer has done already: a second pass costs as much as the protocol itself
-    for a large message.
-    """
-
-    def __init__(self, threshold: int, directory: str | None) -> None:
-        self.threshold = threshold
-        self.directory = directory or None
-        self._buf = bytearray()
-        self._fh: IO[bytes] | None = None
-        self._path = ""
-        self.size = 0
-
-    def write(self, data: bytes) -> None:
-        self.size += len(data)
-        if self._fh is not None:
-            self._fh.write(data)
-            return
-        self._buf += data
-        if len(self._buf) > self.threshold:
-            if self.directory:
-                Path(self.directory).mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, self._path = tempfile.mkstemp(prefix="msg-", dir=self.directory)
-            self._fh = os.fdopen(fd, "wb")
-            self._fh.write(self._buf)
-            self._buf = bytearray()
-
-    def finish(self) -> Message:
-        if self._fh is None:
-            return Message(bytes(self._buf))
-        fh, self._fh = self._fh, None
-        fh.close()
-        return Message(path=self._path, size=self.size)
-
-    def discard(self) -> None:
-        """Forget the data; never raises, so it is safe on every error path."""
-        self._buf = bytearray()
-        if self._fh is not None:
-            with contextlib.suppress(OSError):
-                self._fh.close()  # flushing to a full disk fails; the file goes anyway
-            with contextlib.suppress(OSError):
-                os.unlink(self._path)
-            self._fh = None
 
 
 class DotStuffer:
@@ -127,7 +75,7 @@ class MessageBuilder:
     """
 
     def __init__(self, threshold: int, spool_dir: str | None, max_size: int) -> None:
-        self._spool = Spool(threshold, spool_dir)
+        self._spool = SpoolWriter(threshold, spool_dir, repair=False)
         self._stuffer = DotStuffer()
         self.max_size = max_size
         self.size = 0
