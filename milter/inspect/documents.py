@@ -1,8 +1,12 @@
 """Office documents, OLE containers and TNEF: text, classification properties, risk flags.
 
-XML inside documents is read with regular expressions, not an XML parser: the inputs
-are hostile (entity expansion, deep nesting) and what is needed is small (property
-values, run text). Every read is bounded by the caller's byte budget.
+XML inside documents is read with regular expressions and ``str.find``, not an XML
+parser: the inputs are hostile (entity expansion, deep nesting) and what is needed is
+small (property values, run text). No pattern here can rescan its input: an element
+is found by its opener and then its closer, searched for forward only, and tags are
+stripped no further than the last ``>`` (``bounded``). Every read is bounded by the
+caller's byte budget and the expansion ratio; whitespace padding is skipped, and a
+member cut at a limit is reported in ``DocResult.unread``, never read as if whole.
 """
 
 from __future__ import annotations
@@ -13,20 +17,21 @@ import struct
 import zipfile
 from dataclasses import dataclass, field
 
+from milter.inspect import bounded
 from milter.inspect.errors import DocumentError
 
 _TAG = re.compile(r"<[^>]*>")
+# ``[^<>]`` rather than ``[^>]``: an attempt stops at the next tag, so a run of openers
+# without their ``/>`` is not rescanned from each (no tag holds a ``<`` in XML).
 _BREAKS = re.compile(
-    r"</(?:w:p|a:p|text:p|text:h|si|row|w:tr|table:table-row)>|<w:br\b[^>]*/>|<text:line-break/>|"
-    r"<w:cr/>|<a:br\b[^>]*/?>"
+    r"</(?:w:p|a:p|text:p|text:h|si|row|w:tr|table:table-row)>|<w:br\b[^<>]*/>|<text:line-break/>|"
+    r"<w:cr/>|<a:br\b[^<>]*/?>"
 )
 _TABS = re.compile(r"<w:tab/>|<text:tab/>|</w:tc>|</c>|</table:table-cell>")
-_PROPERTY = re.compile(r"<property\b[^>]*?\bname=\"([^\"]*)\"[^>]*>(.*?)</property>", re.DOTALL)
-_LABELINFO = re.compile(r"<(?:\w+:)?label\b([^>]*)/?>")
-_ATTR = re.compile(r"(\w+)=\"([^\"]*)\"")
-_ODF_USER = re.compile(
-    r"<meta:user-defined\b[^>]*?meta:name=\"([^\"]*)\"[^>]*>(.*?)</meta:user-defined>", re.DOTALL
-)
+_LABELINFO = re.compile(r"<(?:\w+:)?label\b([^<>]*)/?>")
+# Only at the start of a word: from inside one, ``\w+`` would retry every suffix.
+_ATTR = re.compile(r"(?<!\w)(\w+)=\"([^\"]*)\"")
+_TAG_EDGE = re.compile(r"[<>]")
 _NUMBERED = re.compile(r"(\d+)")
 
 
@@ -34,7 +39,50 @@ def xml_text(xml: str) -> str:
     """Visible text of a WordprocessingML/SpreadsheetML/DrawingML/ODF part, line per paragraph."""
     xml = _BREAKS.sub("\n", xml)
     xml = _TABS.sub("\t", xml)
-    return html.unescape(_TAG.sub("", xml))
+    return html.unescape(bounded.sub_before_last(_TAG, "", xml, ">"))
+
+
+def elements(xml: str, opener: str, closer: str) -> list[tuple[str, str]]:
+    """``(start tag, content)`` of every ``<opener ...>content</closer>``, in order.
+
+    What ``re.findall(opener + r"\b([^>]*)>(.*?)" + closer, xml, re.DOTALL)`` finds, in
+    linear time: a start tag ends at its first ``>`` (one with a ``<`` before that is not a
+    tag), the content at the next closer, and once no closer is left the search ends,
+    where the pattern would have scanned to the end of the text once per opener.
+    """
+    found: list[tuple[str, str]] = []
+    pos = 0
+    size = len(opener)
+    while True:
+        start = xml.find(opener, pos)
+        if start == -1:
+            return found
+        after = start + size
+        if after < len(xml) and (xml[after].isalnum() or xml[after] == "_"):
+            pos = after  # a longer name (``\b`` fails)
+            continue
+        edge = _TAG_EDGE.search(xml, after)
+        if edge is None:
+            return found
+        if edge.group() == "<":
+            pos = edge.start()
+            continue
+        close = xml.find(closer, edge.end())
+        if close == -1:
+            return found
+        found.append((xml[after : edge.start()], xml[edge.end() : close]))
+        pos = close + len(closer)
+
+
+def named_elements(xml: str, tag: str, attr: str) -> list[tuple[str, str]]:
+    """``(name, content)`` of the ``<tag ... attr="name" ...>content</tag>`` elements."""
+    pattern = re.compile(rf"(?<!\w){re.escape(attr)}=\"([^\"]*)\"")
+    out = []
+    for head, content in elements(xml, f"<{tag}", f"</{tag}>"):
+        m = pattern.search(head)
+        if m is not None:
+            out.append((m.group(1), content))
+    return out
 
 
 def _sort_key(name: str) -> list[object]:
@@ -53,17 +101,35 @@ class DocResult:
     macro: bool = False
     encrypted: bool = False
     reason: str | None = None
+    # Why parts of the document were not read in full (a member cut at a limit, text
+    # past the text limit): each makes the document unscannable.
+    unread: list[str] = field(default_factory=list)
+    text_cut: bool = False
+
+
+MAX_MEMBERS = 5000
 
 
 class BoundedZip:
-    """Reads zip members without trusting their declared sizes (zip bombs lie)."""
+    """Reads zip members without trusting their declared sizes (zip bombs lie).
 
-    def __init__(self, zf: zipfile.ZipFile, budget: int) -> None:
+    Each read keeps at most its ``limit`` and the shared ``budget``, and at most the
+    expansion ``ratio`` times the member's compressed size; text members are read with
+    whitespace padding squeezed out. A read cut at a limit returns what it kept and
+    records why in ``cut``; only an exhausted budget is an error.
+    """
+
+    def __init__(self, zf: zipfile.ZipFile, budget: int, ratio: float = 100.0) -> None:
         self.zf = zf
         self.budget = budget
-        self.names = {i.filename: i for i in zf.infolist()[:5000]}
+        self.ratio = ratio
+        infos = zf.infolist()
+        self.names = {i.filename: i for i in infos[:MAX_MEMBERS]}
+        self.cut: list[str] = []
+        if len(infos) > MAX_MEMBERS:
+            self.cut.append("archive entry limit reached")
 
-    def read(self, name: str, limit: int = 8 << 20) -> bytes | None:
+    def read(self, name: str, limit: int = 8 << 20, *, pad: bool = False) -> bytes | None:
         info = self.names.get(name)
         if info is None or info.flag_bits & 0x1:
             return None
@@ -71,16 +137,19 @@ class BoundedZip:
         if want <= 0:
             raise DocumentError("expansion limit reached")
         with self.zf.open(info) as fh:
-            data = fh.read(want + 1)
-        if len(data) > want:
-            if want == self.budget:
-                raise DocumentError("expansion limit reached")
-            data = data[:want]
-        self.budget -= len(data)
-        return data
+            got = bounded.read_member(
+                fh, limit=want, compressed=info.compress_size, ratio=self.ratio, pad=pad
+            )
+        if got.cut == "expanded bytes limit reached" and want == self.budget:
+            raise DocumentError("expansion limit reached")
+        if got.cut is not None:
+            what = "read limit reached" if got.cut.startswith("expanded") else got.cut
+            self.cut.append(f"{what} in {name}")
+        self.budget -= len(got.data)
+        return got.data
 
     def text(self, name: str, limit: int = 8 << 20) -> str | None:
-        data = self.read(name, limit)
+        data = self.read(name, limit, pad=True)
         return None if data is None else data.decode("utf-8", "replace")
 
 
@@ -94,11 +163,15 @@ def is_odf(names: dict[str, zipfile.ZipInfo]) -> bool:
     return "mimetype" in names and ("content.xml" in names or "meta.xml" in names)
 
 
+def _tag_free(xml: str) -> str:
+    return html.unescape(bounded.sub_before_last(_TAG, "", xml, ">")).strip()
+
+
 def custom_properties(xml: str) -> list[tuple[str, str]]:
     """``docProps/custom.xml`` name/value pairs."""
     return [
-        (html.unescape(name), html.unescape(_TAG.sub("", value)).strip())
-        for name, value in _PROPERTY.findall(xml)
+        (html.unescape(name), _tag_free(value))
+        for name, value in named_elements(xml, "property", "name")
     ]
 
 
@@ -143,16 +216,20 @@ def read_ooxml(bz: BoundedZip, max_text: int) -> DocResult:
     used = 0
     for name in marked + body:
         if used >= max_text:
+            res.text_cut = True  # this part and those after it are left unread
             break
         part = bz.text(name)
         if part is None:
             continue
         if name.lower().startswith("xl/worksheets/"):
-            part = "".join(re.findall(r"<is>.*?</is>", part, re.DOTALL))
+            cells = elements(part, "<is", "</is>")
+            part = "".join(f"<is>{content}</is>" for head, content in cells if not head)
         text = xml_text(part)
         if text.strip():
             res.texts.append((name, text[: max_text - used], name in marked))
             used += len(text)
+            res.text_cut = res.text_cut or used > max_text
+    res.unread.extend(bz.cut)
     return res
 
 
@@ -161,10 +238,8 @@ def read_odf(bz: BoundedZip, max_text: int) -> DocResult:
     res = DocResult(kind="odf")
     meta = bz.text("meta.xml", 1 << 20)
     if meta:
-        for name, value in _ODF_USER.findall(meta):
-            res.properties.append(
-                ("meta.xml", html.unescape(name), html.unescape(_TAG.sub("", value)).strip())
-            )
+        for name, value in named_elements(meta, "meta:user-defined", "meta:name"):
+            res.properties.append(("meta.xml", html.unescape(name), _tag_free(value)))
     res.macro = any(
         n.startswith("Basic/") and n.endswith(".xml") and "script-lb" not in n for n in bz.names
     )
@@ -172,15 +247,32 @@ def read_odf(bz: BoundedZip, max_text: int) -> DocResult:
         xml = bz.text(name)
         if xml:
             if name == "styles.xml":
-                xml = "".join(
-                    re.findall(
-                        r"<style:(?:header|footer)\b.*?</style:(?:header|footer)>", xml, re.DOTALL
-                    )
-                )
+                xml = "".join(_headers_footers(xml))
             text = xml_text(xml)
             if text.strip():
                 res.texts.append((name, text[:max_text], marks_all))
+                res.text_cut = res.text_cut or len(text) > max_text
+    res.unread.extend(bz.cut)
     return res
+
+
+_STYLE_EDGE = re.compile(r"<style:(?:header|footer)\b|</style:(?:header|footer)>")
+
+
+def _headers_footers(xml: str) -> list[str]:
+    """The ``<style:header>``/``<style:footer>`` elements of ODF styles, as
+    ``re.findall(r"<style:(?:header|footer)\b.*?</style:(?:header|footer)>")`` finds them
+    (an element ends at the first closer of either kind), in one forward pass."""
+    out: list[str] = []
+    start = -1
+    for m in _STYLE_EDGE.finditer(xml):
+        if m.group().startswith("</"):
+            if start != -1:
+                out.append(xml[start : m.end()])
+                start = -1
+        elif start == -1:
+            start = m.start()
+    return out
 
 
 # --- OLE compound files -----------------------------------------------------------

@@ -136,7 +136,11 @@ DEFAULT_SCHEME = LabelScheme(
 
 # --- where markings live ------------------------------------------------------------
 
-_REPLY_PREFIX = r"(?:(?:re|fw|fwd|aw|wg|tr|rv|sv|vs|bls|balas|trs|teruskan)\s*(?:\[\d+\])?\s*:\s*)*"
+# Possessive runs of blanks: with two ``\s*`` side by side around an optional ``[n]``,
+# a failed match retried every split of a long run of blanks (quadratic in its length).
+_REPLY_PREFIX = (
+    r"(?:(?:re|fw|fwd|aw|wg|tr|rv|sv|vs|bls|balas|trs|teruskan)\s*+(?:\[\d+\]\s*+)?:\s*+)*"
+)
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,7 @@ def _subject_patterns(scheme: LabelScheme) -> _SubjectPatterns:
     if found is None:
         alt = _name_alternation(scheme)
         head = re.compile(
-            rf"^\s*{_REPLY_PREFIX}(?:\[\s*(?P<b>{alt})\s*\]|\(\s*(?P<p>{alt})\s*\)|(?P<c>{alt})\s*:)",
+            rf"^\s*+{_REPLY_PREFIX}(?:\[\s*(?P<b>{alt})\s*\]|\(\s*(?P<p>{alt})\s*\)|(?P<c>{alt})\s*:)",
             re.IGNORECASE,
         )
         tail = re.compile(rf"(?:\[\s*(?P<b>{alt})\s*\]|\(\s*(?P<p>{alt})\s*\))\s*$", re.IGNORECASE)

@@ -13,11 +13,13 @@ from __future__ import annotations
 import binascii
 import email.header
 import html
+import itertools
 import re
 from collections.abc import Iterator
 from email.message import Message
 
 from milter import mimetree
+from milter.inspect import bounded
 from milter.mimetree import decode_words
 
 _WS = re.compile(r"\s+")
@@ -88,7 +90,6 @@ def disposition(part: Message) -> str:
     return str(value).split(";", 1)[0].strip().lower()
 
 
-_EOL_AT_END = re.compile(rb"(?:\r\n|\r|\n)\Z")
 _UNUSUAL_FIELD_START = (b" ", b"\t", b":", b"From ")
 
 
@@ -132,6 +133,7 @@ class Node:
     """
 
     __slots__ = (
+        "_children",
         "_spans",
         "_tail",
         "base",
@@ -139,9 +141,11 @@ class Node:
         "ctype",
         "cut",
         "defects",
+        "delimiter_lines",
         "end",
         "info",
         "kind",
+        "max_lines",
     )
 
     def __init__(
@@ -153,8 +157,11 @@ class Node:
         cut: int = 0,
         default_type: str = "text/plain",
         root: bool = False,
+        max_lines: int | None = None,
     ) -> None:
         self.base = base
+        self.max_lines = max_lines
+        self._children: list[Node] | None = None
         self.end = end
         self.cut = cut
         head = mimetree.split_head(base[start:end])
@@ -165,6 +172,7 @@ class Node:
         # A body that ran to the end of the span keeps the cut line end, as in ``email``;
         # a header block that did (no empty line) had it as its own last line end.
         self._spans: list[tuple[int, int, int]] = []
+        self.delimiter_lines = 0
         if not head.sep and not head.missing_sep:
             self.cut = 0
         self.kind = "leaf"
@@ -185,10 +193,15 @@ class Node:
         self._tail = self.cut if maintype == "multipart" and self.kind == "leaf" else 0
 
     @classmethod
-    def parse(cls, data: mimetree.Buffer) -> Node:
-        """A whole message (``email.message_from_bytes``)."""
+    def parse(cls, data: mimetree.Buffer, *, max_lines: int | None = None) -> Node:
+        """A whole message (``email.message_from_bytes``).
+
+        With ``max_lines``, a multipart stops reading delimiter lines after that many
+        (its ``delimiter_lines`` then exceeds it): the caller's part limit is reached
+        and the rest need not be split, however many thousands of lines there are.
+        """
         view = memoryview(data)
-        return cls(view, 0, len(view), root=True)
+        return cls(view, 0, len(view), root=True, max_lines=max_lines)
 
     def _first_block_end(self) -> int:
         """Where ``email`` ends the first header block of a delivery-status body."""
@@ -223,6 +236,8 @@ class Node:
             return
         body = self.base[self.body_start : self.end]
         found = mimetree.delimiters(body, sep)
+        if self.max_lines is not None:
+            found = itertools.islice(found, self.max_lines + 1)
         cur = next(found, None)
         if cur is None or cur.close:
             self.defects.append("StartBoundaryNotFoundDefect")
@@ -232,16 +247,18 @@ class Node:
         base = self.body_start
         spans: list[tuple[int, int, int]] = []
         closed = False
+        lines = 1
         while True:
             nxt = next(found, None)
+            lines += nxt is not None
             while nxt is not None and nxt.at == cur.end:  # email swallows repeated delimiters
                 cur, nxt = nxt, next(found, None)
+                lines += nxt is not None
             if nxt is None:  # the end of the body, with no closing delimiter
                 stop, cut = self.end, self.cut
                 if not cut:
-                    m = _EOL_AT_END.search(self.base, base + cur.end, stop)
-                    if m is not None:
-                        stop, cut = m.start(), len(m.group())
+                    cut = _eol_at_end(self.base, base + cur.end, stop)
+                    stop -= cut
                 spans.append((base + cur.end, stop, cut))
                 break
             stop = base + max(nxt.start, cur.end)
@@ -252,29 +269,106 @@ class Node:
             cur = nxt
         if not closed:
             self.defects.append("CloseBoundaryNotFoundDefect")
+        # Swallowed delimiters make no part, but they are parts to the limit: a
+        # multipart of 200,000 delimiter lines is not one part, whatever email makes of it.
+        self.delimiter_lines = lines
         self.kind = "multipart"
         self._spans = spans
 
     def parts(self) -> Iterator[Node]:
-        """The parts of a multipart, or the one message a ``message/*`` holds; built lazily."""
+        """The parts of a multipart, or the one message a ``message/*`` holds; built lazily
+        and kept, so ``size`` and the walk split each part once."""
+        if self._children is not None:
+            yield from self._children
+            return
+        children: list[Node] = []
         default = "message/rfc822" if self.ctype == "multipart/digest" else None
         for start, end, cut in self._spans:
-            yield Node(self.base, start, end, cut=cut, default_type=default or "text/plain")
+            child = Node(
+                self.base,
+                start,
+                end,
+                cut=cut,
+                default_type=default or "text/plain",
+                max_lines=self.max_lines,
+            )
+            children.append(child)
+            yield child
+        self._children = children
 
     def payload(self) -> memoryview:
         """The body still transfer-encoded, as ``email`` would hand it out (a leaf's)."""
         return self.base[self.body_start : self.end + self._tail]
 
-    def size(self) -> int:
-        """The length of every leaf payload within, as ``email`` would count them."""
+    def size(self, max_depth: int = 100) -> int:
+        """The length of every leaf payload within, as ``email`` would count them.
+
+        Only ``max_depth`` levels down: each level splits the rest of the message once
+        more, so a chain of nested multiparts must not be followed further than the
+        walk itself will follow it.
+        """
         total, stack = 0, [(self, 0)]
         while stack:
             node, level = stack.pop()
             if node.kind == "leaf":
                 total += len(node.payload())
-            elif level < 100:
+            elif level < max_depth:
                 stack.extend((child, level + 1) for child in node.parts())
         return total
+
+
+def _eol_at_end(buf: memoryview, start: int, stop: int) -> int:
+    """The length of the line end that ends ``buf[start:stop]`` (0 if none), read in place.
+
+    What ``re.search(rb"(?:\\r\\n|\\r|\\n)\\Z", buf, start, stop)`` finds, without
+    trying every offset of the span on the way.
+    """
+    if stop - start >= 2 and buf[stop - 2] == 13 and buf[stop - 1] == 10:
+        return 2
+    if stop > start and buf[stop - 1] in (10, 13):
+        return 1
+    return 0
+
+
+_B64_PAD = re.compile(rb"=")
+_B64_DATA = re.compile(rb"[A-Za-z0-9+/]")
+# Everything but the alphabet and the padding character, deleted in one ``translate``.
+_B64_JUNK = bytes(
+    c for c in range(256) if not (chr(c).isascii() and chr(c).isalnum()) and c not in b"+/="
+)
+# Said of a part whose decoded bytes are not all the part holds: the scanner marks it
+# unscannable, because what was not decoded was not inspected.
+BASE64_AFTER_PAD = "base64 data after padding"
+
+
+def _base64(raw: memoryview) -> tuple[bytes, str | None]:
+    """A base64 body decoded as ``email`` does, and what went wrong doing so.
+
+    ``a2b_base64`` stops at the padding that ends a quantum and ignores the rest, so
+    a body with more base64 after its padding (garbage, or a second document a lenient
+    reader would show) decodes to a fraction of itself; that is reported, never passed.
+    It reads the message's own buffer, skipping line ends and other characters outside
+    the alphabet, so a large attachment costs its decoded size.
+    """
+    try:
+        out = binascii.a2b_base64(raw)
+        problem = None
+    except binascii.Error:
+        compact = bytes(raw).translate(None, _B64_JUNK).split(b"=", 1)[0]
+        compact = compact[: len(compact) - len(compact) % 4 if len(compact) % 4 == 1 else None]
+        try:
+            out = binascii.a2b_base64(compact + b"=" * (-len(compact) % 4))
+        except binascii.Error:
+            return bytes(raw), "invalid base64"
+        problem = "invalid base64"
+    pad = _B64_PAD.search(raw)
+    if pad is not None and _B64_DATA.search(raw, pad.end()) is not None:
+        # Alphabet after an "=": a stray one is skipped, padding ends the decoding. Only
+        # in the second case are fewer bytes decoded than the alphabet characters hold.
+        alphabet = len(bytes(raw).translate(None, _B64_JUNK + b"="))
+        if len(out) < alphabet * 3 // 4:
+            problem = BASE64_AFTER_PAD
+    return out, problem
 
 
 def payload_bytes(node: Node) -> tuple[bytes, str | None]:
@@ -284,18 +378,7 @@ def payload_bytes(node: Node) -> tuple[bytes, str | None]:
     raw = node.payload()
     cte = str(node.info.get("Content-Transfer-Encoding", "")).strip().lower()
     if cte == "base64":
-        # a2b_base64 skips characters outside the alphabet (line ends included) and
-        # reads the message's own buffer, so a large attachment costs its decoded size.
-        try:
-            return binascii.a2b_base64(raw), None
-        except binascii.Error:
-            pass
-        compact = re.sub(rb"[^A-Za-z0-9+/]", b"", bytes(raw).split(b"=", 1)[0])
-        compact = compact[: len(compact) - len(compact) % 4 if len(compact) % 4 == 1 else None]
-        try:
-            return binascii.a2b_base64(compact + b"=" * (-len(compact) % 4)), "invalid base64"
-        except binascii.Error:
-            return bytes(raw), "invalid base64"
+        return _base64(raw)
     if cte == "quoted-printable":
         return binascii.a2b_qp(raw), None
     if cte in ("x-uuencode", "uuencode", "x-uue", "uue"):
@@ -333,7 +416,13 @@ def part_charset(part: Message) -> str | None:
     return str(charset) if charset else None
 
 
-_HTML_DROP = re.compile(r"<(script|style|head|title)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+# Elements whose content is not shown; each name's closing tag found forward only
+# (``bounded.drop_elements``), so unclosed openers cannot make the scan quadratic.
+_HTML_DROP_OPEN = re.compile(r"<(script|style|head|title)\b", re.IGNORECASE)
+_HTML_DROP_CLOSE = {
+    name: re.compile(rf"</{name}\s*>", re.IGNORECASE)
+    for name in ("script", "style", "head", "title")
+}
 _HTML_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 _HTML_BREAK = re.compile(
     r"<(?:br|/p|/div|/tr|/li|/h\d|p|div|tr|li|h\d|hr|table|/table)\b[^>]*>", re.IGNORECASE
@@ -343,10 +432,15 @@ _HTML_CELL = re.compile(r"</t[dh]\s*>", re.IGNORECASE)
 
 
 def html_to_text(markup: str) -> str:
-    """Visible text of an HTML body, a line per block element (markings are lines)."""
-    markup = _HTML_COMMENT.sub("", markup)
-    markup = _HTML_DROP.sub("", markup)
+    """Visible text of an HTML body, a line per block element (markings are lines).
+
+    Comments, tags and breaks are removed only up to the last ``-->`` or ``>``: past
+    it none of them can match, and leaving that tail to the patterns is what made
+    60,000 unclosed ``<!--`` take most of a minute (see ``bounded.sub_before_last``).
+    """
+    markup = bounded.sub_before_last(_HTML_COMMENT, "", markup, "-->")
+    markup = bounded.drop_elements(markup, _HTML_DROP_OPEN, _HTML_DROP_CLOSE)
     markup = _HTML_CELL.sub("\t", markup)
-    markup = _HTML_BREAK.sub("\n", markup)
-    text = html.unescape(_HTML_TAG.sub("", markup))
+    markup = bounded.sub_before_last(_HTML_BREAK, "\n", markup, ">")
+    text = html.unescape(bounded.sub_before_last(_HTML_TAG, "", markup, ">"))
     return "\n".join(line.strip() for line in text.splitlines() if line.strip())

@@ -15,15 +15,16 @@ import codecs
 import encodings.cp1252
 import re
 import time
-import zlib
 from dataclasses import dataclass, field
 
 import pypdfium2 as pdfium
 
+from milter.inspect import bounded
 from milter.inspect.labels import is_classification_property
 
 _STREAM = re.compile(rb">>\s*stream\r?\n")
-_OBJ = re.compile(rb"\d+\s+\d+\s+obj\b")
+# Only from the start of a number: inside a run of digits ``\d+`` would retry each suffix.
+_OBJ = re.compile(rb"(?<!\d)\d+\s+\d+\s+obj\b")
 _INFO_PAIR = re.compile(
     rb"/([A-Za-z0-9_#.\-]{3,80})\s*(\((?:\\.|[^\\)]){0,400}\)|<[0-9A-Fa-f\s]{0,800}>)"
 )
@@ -69,6 +70,11 @@ _SKIP_STREAM = (
 )
 
 
+_RENDER_TIMEOUT = "time budget reached in PDF"
+# Reasons for a stream cut by a ``bounded`` limit; the budget one as it always read.
+_CUTS = {"expanded bytes limit reached": "PDF expansion limit reached"}
+
+
 @dataclass
 class PdfResult:
     """What one PDF yielded: text, classification properties, and why it was not readable."""
@@ -78,6 +84,7 @@ class PdfResult:
     embedded: list[tuple[str, bytes]] = field(default_factory=list)
     encrypted: bool = False
     reason: str | None = None
+    text_cut: bool = False  # text past ``max_text`` was left out
 
 
 def _unescape_literal(raw: bytes) -> bytes:
@@ -127,9 +134,11 @@ def _info_properties(blob: bytes, where: str, out: list[tuple[str, str, str]]) -
 
 def _xmp_properties(blob: bytes, out: list[tuple[str, str, str]]) -> None:
     start = blob.find(b"<x:xmpmeta")
+    unclosed = False  # once no closer is left, none is searched for again
     while start != -1:
-        end = blob.find(b"</x:xmpmeta>", start)
+        end = -1 if unclosed else blob.find(b"</x:xmpmeta>", start)
         if end == -1:
+            unclosed = True
             end = min(len(blob), start + (256 << 10))
         chunk = blob[start:end]
         for pattern in (_XMP_ELEM, _XMP_ATTR):
@@ -190,8 +199,10 @@ def _content_text(stream: bytes) -> str:
     return "\n".join(lines)
 
 
-def _stream_dict(data: bytes, stream_pos: int) -> bytes:
-    lo = max(0, stream_pos - 4096)
+def _stream_dict(data: bytes, stream_pos: int, floor: int = 0) -> bytes:
+    """The dictionary before a stream: at most 4 KB back, never before ``floor`` (the end
+    of the previous stream), so no byte is searched for it twice."""
+    lo = max(floor, stream_pos - 4096)
     head = data[lo:stream_pos]
     last = None
     for m in _OBJ.finditer(head):
@@ -199,22 +210,37 @@ def _stream_dict(data: bytes, stream_pos: int) -> bytes:
     return head[last.end() :] if last else head
 
 
-def _decode_stream(dictionary: bytes, raw: bytes, budget: int) -> bytes | None:
+def _decode_stream(
+    dictionary: bytes, raw: bytes, budget: int, ratio: float
+) -> bounded.Decoded | None:
+    """A stream's data within ``budget`` kept bytes; None when its filter is not Flate.
+
+    Inflated text-like streams skip whitespace padding; embedded files are inflated as
+    they are. A stream cut at a limit keeps what was read and says why.
+    """
     if b"/Filter" not in dictionary:
-        return raw[:budget]
+        if len(raw) > budget:
+            return bounded.Decoded(raw[:budget], len(raw), "expanded bytes limit reached")
+        return bounded.Decoded(raw, len(raw))
     filters = re.findall(
         rb"/(\w+Decode|Fl|AHx|A85|LZW|RL|DCT)\b", dictionary.split(b"/Filter", 1)[1][:200]
     )
     if filters and all(f in (b"FlateDecode", b"Fl") for f in filters) and len(filters) == 1:
-        try:
-            return zlib.decompressobj().decompress(raw, budget)
-        except zlib.error:
-            return None
+        return bounded.inflate(
+            raw, limit=budget, ratio=ratio, pad=b"/EmbeddedFile" not in dictionary
+        )
     return None
 
 
-def inspect_pdf(data: bytes, *, max_text: int, max_expand: int, deadline: float) -> PdfResult:
-    """Classification properties, encryption and page text of a PDF, within the given bounds."""
+def inspect_pdf(
+    data: bytes, *, max_text: int, max_expand: int, deadline: float, ratio: float = 100.0
+) -> PdfResult:
+    """Classification properties, encryption and page text of a PDF, within the given bounds.
+
+    A stream cut at a limit (expanded bytes, expansion ratio, time) makes the reason;
+    the renderer is then not asked either, since it would inflate the same streams
+    without any bound.
+    """
     result = PdfResult()
     trailer_zone = data[-4096:] if len(data) > 4096 else data
     _info_properties(data, "info", result.properties)
@@ -228,45 +254,63 @@ def inspect_pdf(data: bytes, *, max_text: int, max_expand: int, deadline: float)
     expanded = 0
     text_len = 0
     unreadable = 0
-    for m in _STREAM.finditer(data):
+    cut: str | None = None
+    pos = 0
+    while True:
+        m = _STREAM.search(data, pos)
+        if m is None:
+            break
         if time.monotonic() > deadline:
+            cut = "time budget reached in PDF"
             break
         start = m.end()
         end = data.find(b"endstream", start)
         if end == -1:
             end = len(data)
-        dictionary = _stream_dict(data, m.start() + 2)
+        # The next stream is looked for after this one: stream data may hold anything.
+        floor, pos = pos, max(end, start)
+        dictionary = _stream_dict(data, m.start() + 2, floor)
         if any(marker in dictionary for marker in _SKIP_STREAM):
             continue
         remaining = max_expand - expanded
         if remaining <= 0:
-            result.reason = "PDF expansion limit reached"
+            cut = "PDF expansion limit reached"
             break
-        body = _decode_stream(dictionary, data[start:end].rstrip(b"\r\n"), remaining)
-        if body is None:
+        decoded = _decode_stream(dictionary, data[start:end].rstrip(b"\r\n"), remaining, ratio)
+        if decoded is None:
             if b"/DCTDecode" not in dictionary and b"/JPXDecode" not in dictionary:
                 unreadable += 1
             continue
+        body = decoded.data
         expanded += len(body)
+        if decoded.cut is not None:
+            cut = _CUTS.get(decoded.cut, f"PDF {decoded.cut}")
         if b"/ObjStm" in dictionary:
             _info_properties(body, "info", result.properties)
-            continue
-        if b"/EmbeddedFile" in dictionary:
-            result.embedded.append((f"embedded{len(result.embedded) + 1}", body))
-            continue
-        if b"<x:xmpmeta" in body:
+        elif b"/EmbeddedFile" in dictionary:
+            if decoded.cut is None:
+                result.embedded.append((f"embedded{len(result.embedded) + 1}", body))
+        elif b"<x:xmpmeta" in body:
             _xmp_properties(body, result.properties)
-            continue
-        if needs_renderer or b"BT" not in body:
-            continue
-        text = _content_text(body)
-        if text.strip() and text_len < max_text:
-            result.text.append(text[: max_text - text_len])
-            text_len += len(text)
+        elif not needs_renderer and b"BT" in body:
+            text = _content_text(body)
+            if text.strip():
+                if text_len < max_text:
+                    result.text.append(text[: max_text - text_len])
+                text_len += len(text)
+                result.text_cut = result.text_cut or text_len > max_text
+        if cut is not None:
+            break
+    if cut is not None:
+        result.reason = cut
+        return result
     if needs_renderer or unreadable:
         rendered, reason = _render_text(data, max_text=max_text, deadline=deadline)
         if rendered is not None:
             result.text = rendered
+            result.text_cut = sum(len(page) for page in rendered) > max_text
+            if reason == _RENDER_TIMEOUT:  # pages left unread
+                result.reason = reason
         elif reason and not result.text:
             result.reason = reason
     return result
@@ -285,7 +329,7 @@ def _render_text(
     try:
         for index in range(len(doc)):
             if time.monotonic() > deadline:
-                return pages, "time budget reached in PDF"
+                return pages, _RENDER_TIMEOUT
             page = doc[index]
             try:
                 textpage = page.get_textpage()

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from email.message import Message
 
 from milter.config import InspectLimits
-from milter.inspect import documents, filetype, labels, mime
+from milter.inspect import bounded, documents, filetype, labels, mime
 from milter.inspect.errors import BudgetExceeded, DocumentError, LimitReached
 from milter.inspect.findings import (
     ARCHIVE,
@@ -111,6 +111,7 @@ class Context:
         self.expanded = 0
         self.entries = 0
         self.mime_parts = 0
+        self.nesting = 0  # multipart and message levels open, across inner messages
 
     # budgets --------------------------------------------------------------------
     def check_time(self) -> None:
@@ -233,7 +234,7 @@ def scan_message(ctx: Context, data: bytes) -> None:
         ctx.headers = decoded_headers(msg)
         ctx.subject = scan_headers(ctx, msg, "")
         raise LimitReached("message larger than the examined bytes limit")
-    top = mime.Node.parse(data)
+    top = mime.Node.parse(data, max_lines=ctx.limits.mime_parts)
     ctx.headers = decoded_headers(top.info)
     ctx.subject = scan_headers(ctx, top.info, "")
     walk(ctx, top, section="", container="", depth=1, arch_depth=0, prefix="")
@@ -260,32 +261,26 @@ def walk(
         ctx.defect(f"{container + '/' if container else ''}{where}", defect)
     ctype = part.ctype
     if part.kind != "leaf":
-        if section.count(".") + 1 > ctx.limits.mime_depth:
+        # Sections restart in every attached message; the nesting does not, or a
+        # multipart/message/multipart chain 200,000 deep is walked until time runs out.
+        if section.count(".") + 1 > ctx.limits.mime_depth or ctx.nesting > ctx.limits.mime_depth:
             ctx.note_unscannable("MIME depth limit reached")
             return
-        if part.kind == "message":
-            attached(
+        if ctx.mime_parts + part.delimiter_lines > ctx.limits.mime_parts:
+            raise LimitReached("MIME part limit reached")
+        ctx.nesting += 1
+        try:
+            _container(
                 ctx,
                 part,
-                next(part.parts()),
-                section=section or "1",
-                container=container,
-                depth=depth,
-                arch_depth=arch_depth,
-            )
-            return
-        subtype = ctype.split("/", 1)[1] if ctype.startswith("multipart/") else "mixed"
-        for i, child in enumerate(part.parts(), 1):
-            walk(
-                ctx,
-                child,
-                section=f"{section}.{i}" if section else str(i),
+                section=section,
                 container=container,
                 depth=depth,
                 arch_depth=arch_depth,
                 prefix=prefix,
-                parent=f"{subtype}:{i}",
             )
+        finally:
+            ctx.nesting -= 1
         return
     leaf(
         ctx,
@@ -298,6 +293,43 @@ def walk(
         prefix=prefix,
         parent=parent,
     )
+
+
+def _container(
+    ctx: Context,
+    part: mime.Node,
+    *,
+    section: str,
+    container: str,
+    depth: int,
+    arch_depth: int,
+    prefix: str,
+) -> None:
+    """The children of a multipart, or the message a message/* part holds."""
+    if part.kind == "message":
+        attached(
+            ctx,
+            part,
+            next(part.parts()),
+            section=section or "1",
+            container=container,
+            depth=depth,
+            arch_depth=arch_depth,
+        )
+        return
+    ctype = part.ctype
+    subtype = ctype.split("/", 1)[1] if ctype.startswith("multipart/") else "mixed"
+    for i, child in enumerate(part.parts(), 1):
+        walk(
+            ctx,
+            child,
+            section=f"{section}.{i}" if section else str(i),
+            container=container,
+            depth=depth,
+            arch_depth=arch_depth,
+            prefix=prefix,
+            parent=f"{subtype}:{i}",
+        )
 
 
 def attached(
@@ -315,8 +347,10 @@ def attached(
     if cte in ("base64", "quoted-printable") and not inner.info.keys() and inner.kind == "leaf":
         # RFC 2046 forbids encoding message/rfc822, but mailers do it: decode, then parse.
         inner.info["Content-Transfer-Encoding"] = cte
-        raw, _problem = mime.payload_bytes(inner)
-        inner = mime.Node.parse(raw)
+        raw, problem = mime.payload_bytes(inner)
+        if problem == mime.BASE64_AFTER_PAD:
+            ctx.note_unscannable(problem)
+        inner = mime.Node.parse(raw, max_lines=ctx.limits.mime_parts)
     name = mime.filename(part.info) or f"{section}.eml"
     path = f"{container}/{name}" if container else name
     ctx.parts.append(
@@ -326,7 +360,7 @@ def attached(
             declared_type="message/rfc822",
             true_type="message/rfc822",
             extension=filetype.extension(name),
-            size=inner.size(),
+            size=inner.size(ctx.limits.mime_depth),
             depth=depth,
             flags=frozenset({ATTACHMENT}),
         )
@@ -378,11 +412,22 @@ def leaf(
             _plain_part(where, name, ctype, data, depth=depth, flags=flags, reason=reason)
         )
         return
+    # A payload decoded only in part was not inspected in full: the part says so.
+    cut = problem if problem == mime.BASE64_AFTER_PAD else None
     if ctype in _BODY_TYPES and not name and disp != "attachment":
-        body(ctx, part, ctype, data, where=where, depth=depth, prefix=prefix)
+        body(ctx, part, ctype, data, where=where, depth=depth, prefix=prefix, cut=cut)
         return
     path = f"{container}/{name or section}" if container else (name or section)
-    examine(ctx, data, name=name, declared=ctype, path=path, depth=depth, arch_depth=arch_depth)
+    examine(
+        ctx,
+        data,
+        name=name,
+        declared=ctype,
+        path=path,
+        depth=depth,
+        arch_depth=arch_depth,
+        cut=cut,
+    )
 
 
 def _plain_part(
@@ -409,7 +454,15 @@ def _plain_part(
 
 
 def body(
-    ctx: Context, part: mime.Node, ctype: str, data: bytes, *, where: str, depth: int, prefix: str
+    ctx: Context,
+    part: mime.Node,
+    ctype: str,
+    data: bytes,
+    *,
+    where: str,
+    depth: int,
+    prefix: str,
+    cut: str | None = None,
 ) -> None:
     """A text or HTML body: its text feeds detectors, its top and bottom lines may be markings."""
     plain = filetype.text_body_type(data, ctype) if depth == 1 else None
@@ -433,6 +486,9 @@ def body(
         reason = "inline PGP encrypted"
     if "-----BEGIN PGP SIGNED MESSAGE-----" in text:
         flags.add(SIGNED)
+    if cut is not None:
+        flags.add(UNSCANNABLE)
+        reason = reason or cut
     ctx.parts.append(
         Part(
             path=where,
@@ -475,13 +531,20 @@ def examine(
     depth: int,
     arch_depth: int,
     preset: Iterable[str] = (),
+    cut: str | None = None,
 ) -> None:
-    """A file anywhere (attachment, archive member, embedded object): type, flags, content."""
+    """A file anywhere (attachment, archive member, embedded object): type, flags, content.
+
+    ``cut`` says why ``data`` is not all of the file (a transfer encoding decoded only in
+    part): the file is examined as far as it goes and marked unscannable.
+    """
     ctx.check_time()
     true_type = filetype.sniff(data)
     ext = filetype.extension(name)
     state = _FileState()
     state.flags.update(preset)
+    if cut is not None:
+        state.unscannable(cut)
     if filetype.is_executable(true_type, ext):
         state.flags.add(EXECUTABLE)
     if filetype.mismatch(true_type, ext, declared):
@@ -559,7 +622,13 @@ def _content(
         else:
             state.unscannable(f"{kind} archive not opened")
     elif kind == "message" or declared == "message/rfc822" or ext == "eml":
-        _inner_message(ctx, mime.Node.parse(data), path=path, depth=depth, arch_depth=arch_depth)
+        _inner_message(
+            ctx,
+            mime.Node.parse(data, max_lines=ctx.limits.mime_parts),
+            path=path,
+            depth=depth,
+            arch_depth=arch_depth,
+        )
     elif kind == "text" or true_type in ("application/csv", "application/json", "application/xml"):
         if len(data) > ctx.limits.text_bytes:
             ctx.note_unscannable("text limit reached")
@@ -615,7 +684,7 @@ def _zip(
     with zf:
         start_budget = ctx.expand_budget()
         try:
-            bz = documents.BoundedZip(zf, start_budget)
+            bz = documents.BoundedZip(zf, start_budget, ctx.limits.expansion_ratio)
             if documents.is_ooxml(bz.names):
                 doc = documents.read_ooxml(bz, ctx.limits.text_bytes)
             elif documents.is_odf(bz.names):
@@ -675,7 +744,16 @@ def _zip_members(
             continue
         try:
             with zf.open(info) as fh:
-                content = fh.read(budget + 1)
+                # Read in chunks against the compressed size, which the reader cannot
+                # exceed: a member lying about its size stops at the ratio, not at the
+                # whole expansion budget.
+                content = bounded.read_member(
+                    fh,
+                    limit=budget + 1,
+                    compressed=info.compress_size,
+                    ratio=limits.expansion_ratio,
+                    pad=False,
+                ).data
         except _ZIP_ERRORS as exc:
             _skipped(
                 ctx,
@@ -754,6 +832,10 @@ def _document(
     if doc.encrypted:
         state.flags.add(ENCRYPTED)
         state.unscannable(doc.reason or "encrypted document")
+    for reason in doc.unread:
+        state.unscannable(reason)
+    if doc.text_cut:
+        ctx.note_unscannable("text limit reached")
     _properties(ctx, doc.properties, src)
     for where, guid in doc.label_ids:
         ctx.add_label(guid.strip("{}").lower(), f"{src}:{where}", ctx.scheme.resolve_guid(guid))
@@ -809,12 +891,20 @@ def _pdf(
     arch_depth: int,
 ) -> None:
     room = max(0, ctx.limits.text_bytes - ctx.text_len)
-    result = inspect_pdf(data, max_text=room, max_expand=ctx.expand_budget(), deadline=ctx.deadline)
+    result = inspect_pdf(
+        data,
+        max_text=room,
+        max_expand=ctx.expand_budget(),
+        deadline=ctx.deadline,
+        ratio=ctx.limits.expansion_ratio,
+    )
     _properties(ctx, result.properties, src)
     if result.encrypted:
         state.flags.add(ENCRYPTED)
     if result.reason:
         state.unscannable(result.reason)
+    if result.text_cut:
+        ctx.note_unscannable("text limit reached")
     for page in result.text:
         ctx.add_text(page, f"{src}:text")
     _embedded(ctx, state, result.embedded, path=path, depth=depth, arch_depth=arch_depth)
