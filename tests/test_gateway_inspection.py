@@ -1,14 +1,12 @@
-"""Inspection in worker processes, end to end: a message that would keep a worker busy
-for a minute is stopped at its budget, reported unscannable (held for outsiders by the
-shipped policy), and never holds up the messages behind it."""
+"""Inspection end to end: a message that once kept a worker busy for a minute (25,000
+unterminated properties, a quadratic parse) is read in linear time, answered at once,
+and never holds up the messages behind it. (The pool's kill at the hard budget is shown
+with a deliberately slow inspector in test_inspection_pool.py.)"""
 
 from __future__ import annotations
 
 import io
-import json
 import smtplib
-import subprocess
-import sys
 import threading
 import zipfile
 from email.mime.application import MIMEApplication
@@ -53,7 +51,7 @@ CLEAN = (
 )
 
 
-def test_a_message_past_its_budget_is_stopped_and_held_and_others_go_on(
+def test_a_message_that_froze_a_worker_is_answered_and_others_go_on(
     gateway_factory: Any, sink: Sink, tmp_path: Path
 ) -> None:
     gw = gateway_factory(
@@ -82,23 +80,10 @@ def test_a_message_past_its_budget_is_stopped_and_held_and_others_go_on(
     assert sent.wait(30)
     with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as s:
         s.sendmail(SENDER, ["sari@example.org"], CLEAN)
-    # The clean message went through while the hostile one was still being inspected.
-    assert not slow_reply
     assert [m.rcpt_tos for m in sink.wait_for(1)] == [["sari@example.org"]]
     slow.join(60)
     assert slow_reply and slow_reply[0][0] == 250, slow_reply
-    assert b"karantina" in slow_reply[0][1]
-    assert gw.wait_log('"event": "inspection-killed"')
-    held = json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "milter", "-c", str(gw.config_path), "quarantine", "list",
-             "--json"],
-            capture_output=True, check=True, cwd=ROOT,
-        ).stdout
-    )
-    assert [h["recipients"] for h in held] == [["sari@gmail.com"]]
-    assert "unscannable" in json.dumps(held[0]["findings"])
-    # The killed process was replaced: the next message is inspected as usual.
-    with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as s:
-        s.sendmail(SENDER, ["tim@example.org"], CLEAN)
-    assert len(sink.wait_for(2)) == 2
+    # Read whole: garbage XML holds no label, so nothing is held; nothing hung either.
+    got = sink.wait_for(2)
+    assert sorted(m.rcpt_tos[0] for m in got) == ["sari@example.org", "sari@gmail.com"]
+    assert '"event": "inspection-killed"' not in gw.log()
