@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from milter import shipped
 from milter.yamlsource import KeyPath, Source, SourceError, load_file
 
 DEFAULT_PATH = "/etc/milter/gateway.yaml"
@@ -92,6 +93,10 @@ class NoticesConfig:
     templates: str | None = None
     rate_limit: int = 20  # notices per sender per hour
     enabled: bool = True
+    timezone: str = "Asia/Jakarta"  # dates in notices are local time (WIB by default)
+    # Delays between attempts at a notice the next hop did not take; the last repeats.
+    retry: tuple[float, ...] = (60.0, 300.0, 900.0, 3600.0, 4 * 3600.0)
+    give_up: float = 2 * 86400.0  # a notice not taken after this long is given up
 
 
 @dataclass(frozen=True)
@@ -275,6 +280,16 @@ class _Reader:
             raise self.fail(path, f"cannot read {p}: {exc.strerror}") from None
         return p
 
+    def policy_file(self, value: Any, path: KeyPath) -> str:
+        """A ``policy:`` entry: a file path, or ``shipped:NAME`` for a policy the package
+        carries (its path inside the installed package is not stable enough to write
+        into a configuration that outlives upgrades)."""
+        try:
+            resolved = shipped.resolve(self.string(value, path))
+        except shipped.UnknownShippedPolicy as exc:
+            raise self.fail(path, str(exc)) from None
+        return self.readable(resolved if resolved is not None else value, path)
+
     def route(self, name: str, value: Any, path: KeyPath) -> Route:
         if isinstance(value, str):
             value = {"url": value}
@@ -416,7 +431,7 @@ def from_source(src: Source) -> GatewayConfig:
         kw["routes"] = {n: r.route(n, v, ("routes", n)) for n, v in routes.items()}
     if "policy" in d:
         kw["policy"] = tuple(
-            r.readable(v, ("policy", i) if isinstance(d["policy"], list) else ("policy",))
+            r.policy_file(v, ("policy", i) if isinstance(d["policy"], list) else ("policy",))
             for i, v in enumerate(r.strings(d["policy"], ("policy",)))
         )
     if "quarantine" in d:
@@ -439,7 +454,18 @@ def from_source(src: Source) -> GatewayConfig:
         kw["quarantine"] = QuarantineConfig(**qkw)
     if "notices" in d:
         n = r.mapping(
-            d["notices"], ("notices",), {"from", "officers", "templates", "rate_limit", "enabled"}
+            d["notices"],
+            ("notices",),
+            {
+                "from",
+                "officers",
+                "templates",
+                "rate_limit",
+                "enabled",
+                "timezone",
+                "retry",
+                "give_up",
+            },
         )
         nkw: dict[str, Any] = {}
         if "from" in n:
@@ -455,6 +481,27 @@ def from_source(src: Source) -> GatewayConfig:
             nkw["rate_limit"] = r.integer(n["rate_limit"], ("notices", "rate_limit"))
         if "enabled" in n:
             nkw["enabled"] = r.boolean(n["enabled"], ("notices", "enabled"))
+        if "timezone" in n:
+            import zoneinfo
+
+            def known_zone(value: Any) -> str:
+                name = str(value).strip()
+                try:
+                    zoneinfo.ZoneInfo(name)
+                except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                    raise ValueError(f"unknown time zone {name!r}, e.g. Asia/Jakarta") from None
+                return name
+
+            nkw["timezone"] = r.conv(n["timezone"], ("notices", "timezone"), known_zone)
+        if "retry" in n:
+            delays = n["retry"] if isinstance(n["retry"], list) else [n["retry"]]
+            if not delays:
+                raise r.fail(("notices", "retry"), "expected at least one delay, e.g. [1m, 5m]")
+            nkw["retry"] = tuple(
+                r.conv(v, ("notices", "retry", i), parse_duration) for i, v in enumerate(delays)
+            )
+        if "give_up" in n:
+            nkw["give_up"] = r.conv(n["give_up"], ("notices", "give_up"), parse_duration)
         kw["notices"] = NoticesConfig(**nkw)
     if "dkim" in d:
         keys = d["dkim"] or []

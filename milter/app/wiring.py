@@ -118,7 +118,9 @@ def make_pipeline(config: GatewayConfig, components: Components) -> Pipeline:
                 budget=limits.time_budget + max(1.0, limits.time_budget / 2),
             )
         pipeline.store = components.store
-        pipeline.notifier = GatewayNotifier(config, components.policy, deliverer)
+        pipeline.notifier = GatewayNotifier(
+            config, components.policy, deliverer, store=components.store
+        )
     return pipeline
 
 

@@ -32,7 +32,10 @@ A policy is one or more YAML files, read in order; a site keeps the shipped
       replaces the earlier one in place; a new name is appended, or inserted before
       the rule named by ``before``.
     - ``description``, ``clause``: free text; ``clause`` names the SE 79/SE/2019
-      clause(s) the rule enforces and travels with every verdict it decides.
+      clause(s) the rule enforces and travels with every verdict it decides, separated
+      by commas or semicolons (``"2.c; UU 27/2022"``). ``description`` may instead give
+      one text per language, ``{id: TEXT, en: TEXT}``: notices then speak Bahasa
+      Indonesia and English each in its own words (a plain text serves both).
     - ``when``: conditions that must all hold (absent: always); ``unless``:
       conditions that, when they all hold, make the rule not apply.
     - ``then`` (required): a list of actions.
@@ -123,6 +126,7 @@ from milter.policy.conditions import (
 from milter.yamlsource import KeyPath, Source, SourceError
 
 MODES = ("enforce", "audit", "test")
+DESCRIPTION_LANGUAGES = ("id", "en")
 TERMINALS = ("deliver", "reject", "quarantine", "route")
 DETECTORS = ("nik", "nip", "npwp", "card")
 CONFIDENCES = ("high", "medium")
@@ -200,6 +204,9 @@ class Rule:
     mode: str = "enforce"
     description: str | None = None
     clause: str | None = None
+    # The description per language, (("id", TEXT), ("en", TEXT)); empty when the policy
+    # gives one plain text (``description``) for every language.
+    descriptions: tuple[tuple[str, str], ...] = ()
     when: Condition | None = None
     unless: Condition | None = None
     stop: bool = False
@@ -299,6 +306,27 @@ class Compiler:
             self.fail(path, "expected a non-empty string")
             return None
         return value.strip()
+
+    def _description(
+        self, value: Any, path: KeyPath
+    ) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+        """A plain text, or ``{id: TEXT, en: TEXT}``: (the text shown where one language
+        is enough, English when given, and the texts per language)."""
+        if not isinstance(value, dict):
+            return self.text(value, path), ()
+        out: list[tuple[str, str]] = []
+        for lang, text in value.items():
+            if lang not in DESCRIPTION_LANGUAGES:
+                self.fail((*path, lang), "expected id or en", at_key=True)
+                continue
+            shown = self.text(text, (*path, lang))
+            if shown is not None:
+                out.append((str(lang), shown))
+        if not out:
+            self.fail(path, "expected a text, or {id: TEXT, en: TEXT}")
+            return None, ()
+        by_lang = dict(out)
+        return by_lang.get("en") or out[0][1], tuple(out)
 
     def texts(self, value: Any, path: KeyPath) -> list[str] | None:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -582,10 +610,10 @@ class Compiler:
         if mode not in MODES:
             self.fail((*path, "mode"), f"expected one of {', '.join(MODES)}")
         stop = self.boolean(spec["stop"], (*path, "stop")) if "stop" in spec else False
-        description = (
-            self.text(spec["description"], (*path, "description"))
+        description, descriptions = (
+            self._description(spec["description"], (*path, "description"))
             if "description" in spec
-            else None
+            else (None, ())
         )
         clause = self.text(spec["clause"], (*path, "clause")) if "clause" in spec else None
         when = self.block(spec["when"], (*path, "when")) if "when" in spec else None
@@ -605,6 +633,7 @@ class Compiler:
             mode=mode,
             description=description,
             clause=clause,
+            descriptions=descriptions,
             when=when,
             unless=unless,
             stop=bool(stop),

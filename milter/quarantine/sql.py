@@ -1,6 +1,7 @@
 """What the SQLite and PostgreSQL quarantines share: one row format, one audit chain.
 
-Both back-ends keep the same two tables (``quarantine`` and ``audit``) and answer every
+Both back-ends keep the same tables (``quarantine``, ``audit`` and ``notice_outbox``, the
+durable queue of notices) and answer every
 query the same way, so the statements, the row mapping and the audit append live here
 once. A back-end supplies only what really differs: how it connects and locks
 (``_transaction`` and ``_reading``), its schema DDL, and where the message bytes live
@@ -15,10 +16,11 @@ from __future__ import annotations
 
 import builtins
 import json
+import secrets
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Protocol
 
@@ -28,8 +30,13 @@ from milter.quarantine.store import (
     EXPIRED,
     GENESIS,
     HELD,
+    NOTICE_FAILED,
+    NOTICE_QUEUED,
+    NOTICE_SENDING,
+    NOTICE_SENT,
     AuditEntry,
     NotFound,
+    OutboxNotice,
     QuarantineRecord,
     QuarantineStore,
     StateConflict,
@@ -53,6 +60,34 @@ ADDED_COLUMNS = {
 }
 
 _AUDIT_COLUMNS = "seq, at, actor, action, qid, reason, prev_hash, hash"
+
+OUTBOX_COLUMNS = (
+    "id, kind, sender, recipients, data, attempts, next_attempt, status, last_error, "
+    "created_at, claim"
+)
+# Due for an attempt: queued and its time has come, or claimed by a worker that has not
+# reported back within the lease (it died mid-send). Written twice in the claim: once to
+# pick rows and once more on the UPDATE itself, so that a row another transaction
+# claimed meanwhile is re-checked against its new state and skipped (PostgreSQL
+# re-evaluates the UPDATE's own conditions on the newest row version, not a subquery's).
+_DUE = "((status = ? AND next_attempt <= ?) OR (status = ? AND claimed_at < ?))"
+
+
+def row_to_notice(row: Sequence[Any]) -> OutboxNotice:
+    """The notice an ``OUTBOX_COLUMNS`` row describes."""
+    return OutboxNotice(
+        id=int(row[0]),
+        kind=row[1],
+        sender=row[2],
+        recipients=decode_list(row[3]),
+        data=bytes(row[4]),
+        attempts=int(row[5]),
+        next_attempt=float(row[6]),
+        status=row[7],
+        last_error=row[8] or "",
+        created_at=float(row[9]),
+        claim=row[10] or "",
+    )
 
 
 class Rows(Protocol):
@@ -168,6 +203,17 @@ class SqlStore(QuarantineStore):
 
         Nothing to do where ``_transaction`` already excludes every other writer.
         """
+
+    def _serialise_rate(self, db: Executor, key: str) -> None:
+        """Make this transaction the only one counting and queueing notices for ``key``
+        until it ends, so two workers cannot both take the last notice of a window.
+
+        Nothing to do where ``_transaction`` already excludes every other writer.
+        """
+
+    # Appended to the claim's row selection where the database can skip rows another
+    # transaction holds locked instead of waiting for them.
+    skip_locked: ClassVar[str] = ""
 
     def _discard(self, qid: str) -> None:
         """Remove bytes kept outside the database, once their record no longer needs them.
@@ -303,11 +349,138 @@ class SqlStore(QuarantineStore):
                 continue
             expired.append(qid)
         self._sweep(now, cutoff)
+        self._purge_outbox(cutoff)
         return expired
 
     def append_audit(self, actor: str, action: str, qid: str, reason: str) -> AuditEntry:
         with self._transaction() as db:
             return self._append(db, actor, action, qid, reason)
+
+    # -- the notice outbox ------------------------------------------------------------
+
+    def enqueue_notice(
+        self,
+        kind: str,
+        sender: str,
+        recipients: Iterable[str],
+        data: bytes,
+        *,
+        now: float,
+        rate_key: str | None = None,
+        rate_limit: int | None = None,
+        window: float = 3600.0,
+    ) -> int | None:
+        rcpts = list(recipients)
+        with self._transaction() as db:
+            if rate_key is not None and rate_limit is not None:
+                self._serialise_rate(db, rate_key)
+                row = db.execute(
+                    self._sql(
+                        "SELECT COUNT(*) FROM notice_outbox WHERE rate_key = ? AND created_at > ?"
+                    ),
+                    (rate_key, now - window),
+                ).fetchone()
+                if int(row[0]) >= rate_limit:
+                    return None
+            row = db.execute(
+                self._sql(
+                    "INSERT INTO notice_outbox (kind, sender, recipients, data, attempts, "
+                    "next_attempt, status, last_error, created_at, updated_at, rate_key) "
+                    "VALUES (?, ?, ?, ?, 0, ?, ?, '', ?, ?, ?) RETURNING id"
+                ),
+                (kind, sender, encode_list(rcpts), data, now, NOTICE_QUEUED, now, now, rate_key),
+            ).fetchone()
+        return int(row[0])
+
+    def claim_notices(
+        self, now: float, *, limit: int = 20, lease: float = 600.0
+    ) -> builtins.list[OutboxNotice]:
+        token = secrets.token_hex(12)
+        due = (NOTICE_QUEUED, now, NOTICE_SENDING, now - lease)
+        with self._transaction() as db:
+            rows = db.execute(
+                self._sql(
+                    "UPDATE notice_outbox SET status = ?, claim = ?, claimed_at = ?, "
+                    "updated_at = ?, attempts = attempts + 1 "
+                    f"WHERE id IN (SELECT id FROM notice_outbox WHERE {_DUE} "
+                    f"ORDER BY next_attempt, id LIMIT ?{self.skip_locked}) AND {_DUE} "
+                    f"RETURNING {OUTBOX_COLUMNS}"
+                ),
+                (NOTICE_SENDING, token, now, now, *due, limit, *due),
+            ).fetchall()
+        return sorted((row_to_notice(r) for r in rows), key=lambda n: (n.next_attempt, n.id))
+
+    def _settle(self, notice_id: int, claim: str, assignments: str, values: Sequence[Any]) -> bool:
+        """Apply ``assignments`` to a notice only while ``claim`` still holds it."""
+        with self._transaction() as db:
+            row = db.execute(
+                self._sql(
+                    f"UPDATE notice_outbox SET {assignments}, claim = NULL "
+                    "WHERE id = ? AND claim = ? AND status = ? RETURNING id"
+                ),
+                (*values, notice_id, claim, NOTICE_SENDING),
+            ).fetchone()
+        return row is not None
+
+    def notice_sent(self, notice_id: int, claim: str, now: float) -> bool:
+        return self._settle(
+            notice_id, claim, "status = ?, updated_at = ?, last_error = ''", (NOTICE_SENT, now)
+        )
+
+    def notice_retry(
+        self,
+        notice_id: int,
+        claim: str,
+        *,
+        now: float,
+        next_attempt: float,
+        error: str,
+        recipients: Iterable[str] | None = None,
+    ) -> bool:
+        assignments = "status = ?, updated_at = ?, next_attempt = ?, last_error = ?"
+        values: builtins.list[Any] = [NOTICE_QUEUED, now, next_attempt, error]
+        if recipients is not None:
+            assignments += ", recipients = ?"
+            values.append(encode_list(list(recipients)))
+        return self._settle(notice_id, claim, assignments, values)
+
+    def notice_failed(self, notice_id: int, claim: str, *, now: float, error: str) -> bool:
+        return self._settle(
+            notice_id,
+            claim,
+            "status = ?, updated_at = ?, last_error = ?",
+            (NOTICE_FAILED, now, error),
+        )
+
+    def unclaim_notices(self, claims: Iterable[str], now: float) -> None:
+        with self._transaction() as db:
+            for claim in claims:
+                db.execute(
+                    self._sql(
+                        "UPDATE notice_outbox SET status = ?, claim = NULL, next_attempt = ?, "
+                        "updated_at = ? WHERE claim = ? AND status = ?"
+                    ),
+                    (NOTICE_QUEUED, now, now, claim, NOTICE_SENDING),
+                )
+
+    def outbox(self, status: str | None = None) -> builtins.list[OutboxNotice]:
+        sql = f"SELECT {OUTBOX_COLUMNS} FROM notice_outbox"
+        params: builtins.list[Any] = []
+        if status is not None:
+            sql += " WHERE status = ?"
+            params.append(status)
+        with self._reading() as db:
+            rows = db.execute(self._sql(sql + " ORDER BY created_at, id"), params).fetchall()
+        return [row_to_notice(r) for r in rows]
+
+    def _purge_outbox(self, cutoff: float) -> None:
+        """Forget notices settled before ``cutoff``: the rate limit's window and the
+        retention are long past, and the log keeps what happened to each."""
+        with self._transaction() as db:
+            db.execute(
+                self._sql("DELETE FROM notice_outbox WHERE status IN (?, ?) AND updated_at < ?"),
+                (NOTICE_SENT, NOTICE_FAILED, cutoff),
+            )
 
     def audit_entries(self) -> builtins.list[AuditEntry]:
         with self._reading() as db:

@@ -71,6 +71,24 @@ CREATE TABLE IF NOT EXISTS audit (
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS notice_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    data BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    status TEXT NOT NULL,
+    last_error TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    updated_at REAL,
+    claim TEXT,
+    claimed_at REAL,
+    rate_key TEXT
+);
+CREATE INDEX IF NOT EXISTS notice_outbox_due ON notice_outbox (status, next_attempt);
+CREATE INDEX IF NOT EXISTS notice_outbox_rate ON notice_outbox (rate_key, created_at);
 """
 
 
@@ -110,8 +128,13 @@ class SqliteStore(SqlStore):
                 _private_dir(self.path.parent)
             for d in (self.spool, self.messages, self.tmp):
                 _private_dir(d)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            os.close(fd)
+            if not self.path.exists():
+                # Created private before SQLite opens it. Only when it is new: closing
+                # any descriptor of a file drops every POSIX lock this process holds on
+                # it, which would silently unlock another store of the same database
+                # open in this process.
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                os.close(fd)
             os.chmod(self.path, 0o600)
             self._db = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False

@@ -32,6 +32,12 @@ DELETED = "deleted"
 EXPIRED = "expired"
 STATUSES = (HELD, RELEASED, DELETED, EXPIRED)
 
+# The states of a row of the notice outbox (``notice_outbox``).
+NOTICE_QUEUED = "queued"  # waiting for its next attempt
+NOTICE_SENDING = "sending"  # claimed by one worker, which is sending it now
+NOTICE_SENT = "sent"  # the next hop took it (2xx)
+NOTICE_FAILED = "failed"  # given up after the configured age
+
 # The audit action recorded for each status a record moves into, unless the caller
 # names a more precise one (for example ``release-failed`` when moving back to held).
 ACTION_FOR_STATUS = {HELD: "hold", RELEASED: "release", DELETED: "delete", EXPIRED: "expire"}
@@ -121,6 +127,24 @@ class QuarantineRecord:
             "login": origin.get("login", ""),
             "updated_at": self.updated_at,
         }
+
+
+@dataclass(frozen=True)
+class OutboxNotice:
+    """One notice in the durable outbox: written before its first attempt, so a next
+    hop that refuses it, or a worker that dies while sending, loses nothing."""
+
+    id: int
+    kind: str  # quarantine-notice | officer-alert | audit-alert | rule-alert | dsn
+    sender: str  # the envelope sender of the message the notice is about
+    recipients: tuple[str, ...]  # those still to be reached
+    data: bytes
+    attempts: int  # attempts started, this one included once claimed
+    next_attempt: float
+    status: str
+    last_error: str
+    created_at: float
+    claim: str = ""  # the token of the worker that claimed it, while sending
 
 
 @dataclass(frozen=True)
@@ -321,6 +345,71 @@ class QuarantineStore(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    # -- the notice outbox ------------------------------------------------------------
+    # Not abstract: a store without an outbox (a test double, say) still works, and the
+    # notifier then sends without one.
+
+    def enqueue_notice(
+        self,
+        kind: str,
+        sender: str,
+        recipients: Iterable[str],
+        data: bytes,
+        *,
+        now: float,
+        rate_key: str | None = None,
+        rate_limit: int | None = None,
+        window: float = 3600.0,
+    ) -> int | None:
+        """Store a notice durably, due now; return its id.
+
+        With ``rate_key``, None instead when ``rate_limit`` notices with that key were
+        queued within ``window`` seconds: counted in the shared table, so the limit
+        holds across the workers and nodes sharing the database.
+        """
+        raise StoreUnavailable("this quarantine store has no notice outbox")
+
+    def claim_notices(
+        self, now: float, *, limit: int = 20, lease: float = 600.0
+    ) -> builtins.list[OutboxNotice]:
+        """Atomically claim up to ``limit`` due notices for this caller alone.
+
+        Due: queued with ``next_attempt <= now``, or claimed by a worker more than
+        ``lease`` seconds ago that never reported back (it died). Each claim counts an
+        attempt.
+        """
+        raise StoreUnavailable("this quarantine store has no notice outbox")
+
+    def notice_sent(self, notice_id: int, claim: str, now: float) -> bool:
+        """Mark a claimed notice sent; False when the claim was lost meanwhile."""
+        raise StoreUnavailable("this quarantine store has no notice outbox")
+
+    def notice_retry(
+        self,
+        notice_id: int,
+        claim: str,
+        *,
+        now: float,
+        next_attempt: float,
+        error: str,
+        recipients: Iterable[str] | None = None,
+    ) -> bool:
+        """Put a claimed notice back in the queue until ``next_attempt``, with only
+        ``recipients`` still to reach when given."""
+        raise StoreUnavailable("this quarantine store has no notice outbox")
+
+    def notice_failed(self, notice_id: int, claim: str, *, now: float, error: str) -> bool:
+        """Give a claimed notice up for good."""
+        raise StoreUnavailable("this quarantine store has no notice outbox")
+
+    def unclaim_notices(self, claims: Iterable[str], now: float) -> None:
+        """Requeue, due now, what these claims still hold (a worker stopping)."""
+        raise StoreUnavailable("this quarantine store has no notice outbox")
+
+    def outbox(self, status: str | None = None) -> builtins.list[OutboxNotice]:
+        """Every notice in the outbox (with ``status``), oldest first."""
+        raise StoreUnavailable("this quarantine store has no notice outbox")
+
     def __enter__(self) -> QuarantineStore:
         return self
 
@@ -341,7 +430,16 @@ def open_store(config: QuarantineConfig, step_hook: StepHook | None = None) -> Q
         path = rest if rest.startswith("/") else "/" + rest
         return SqliteStore(path, config.spool, step_hook=step_hook)
     if url.startswith(("postgresql://", "postgres://")):
-        from milter.quarantine.postgres import PostgresStore
+        try:
+            from milter.quarantine.postgres import PostgresStore
+        except ModuleNotFoundError as exc:
+            # The driver is an optional extra: a single-node gateway on SQLite never needs it.
+            if (exc.name or "").partition(".")[0] != "psycopg":
+                raise
+            raise StoreUnavailable(
+                "a postgresql:// quarantine needs the PostgreSQL driver: "
+                "pip install 'milter[postgres]'"
+            ) from None
 
         return PostgresStore(url, step_hook=step_hook)
     raise StoreUnavailable(f"unsupported quarantine database URL: {url}")

@@ -12,10 +12,14 @@ import pytest
 
 from milter.actions.notices import (
     FailedRecipient,
+    NoticeError,
     RateLimiter,
     Templates,
     audit_alert,
     dsn,
+    finding_words,
+    level_words,
+    moment,
     officer_alert,
     quarantine_notice,
     should_notify_sender,
@@ -37,7 +41,16 @@ RECORD = QuarantineRecord(
     labels=("Rahasia",),
     rules=("rahasia-keluar",),
     clauses=("2.c", "3.b"),
-    findings={"rules": [{"name": "rahasia-keluar", "reasons": ["label Rahasia in subject"]}]},
+    findings={
+        "rules": [
+            {
+                "name": "rahasia-keluar",
+                "matched": True,
+                "clause": "2.c, 3.b",
+                "reasons": ["classification RAHASIA is at least RAHASIA"],
+            }
+        ]
+    },
 )
 VERDICT = Verdict(
     classification="RAHASIA",
@@ -52,7 +65,10 @@ VERDICT = Verdict(
             "enforce",
             clause="2.c, 3.b",
             description="Dokumen RAHASIA tidak boleh keluar dari saluran resmi",
-            reasons=("classification RAHASIA from subject",),
+            reasons=(
+                "classification RAHASIA is at least RAHASIA",
+                "label 'Rahasia' (subject) matches *rahasia*",
+            ),
         ),
         RuleResult("nik-massal", False, "enforce", clause="2.c"),
     ),
@@ -92,19 +108,24 @@ def test_quarantine_notice_says_everything_in_both_languages() -> None:
         assert "sanapati.net" in part
         assert "kepatuhan@jakarta.go.id" in part
         assert "Nota Dinas RAHASIA anggaran 2027" in part
+    assert "butir 2.c Surat Edaran Sekretaris Daerah Nomor 79/SE/2019" in id_part
     assert "menjaga kerahasiaan informasi kebijakan resmi" in id_part
     assert "pimpinan perangkat daerah memantau" in id_part
-    assert "Hapus lampiran" in id_part
     assert "keep official policy information confidential" in en_part
-    assert "Remove the attachment" in en_part
-    assert "ask the compliance officer" in en_part
+    assert "contact the compliance officer" in en_part
     assert "Dokumen RAHASIA tidak boleh keluar" in text
+    # Only what is true: no attachment, so no advice to remove one.
+    assert "lampiran" not in id_part.lower() and "attachment" not in en_part.lower()
+    assert "Yth. Bapak/Ibu," in id_part and "Dear Sir or Madam," in en_part
+    assert "Rabu" not in id_part or "WIB" in id_part
+    assert 'penanda klasifikasi "Rahasia" pada subjek' in id_part
 
 
 def test_notice_without_verdict_uses_the_record() -> None:
     text = body_of(parse(quarantine_notice(CONFIG, RECORD)))
-    assert "butir 2.c: menjaga kerahasiaan" in text
-    assert "clause 3.b: heads of agency" in text
+    assert "butir 2.c Surat Edaran Sekretaris Daerah Nomor 79/SE/2019, yaitu menjaga" in text
+    assert "clause 3.b of the Circular Letter of the Regional Secretary No. 79/SE/2019" in text
+    assert "No. 79/SE/2019: heads of agency monitor" in text
 
 
 def test_forged_subject_cannot_inject_headers() -> None:
@@ -124,8 +145,9 @@ def test_officer_alert() -> None:
     text = body_of(msg)
     assert "milter quarantine release BCDF1234GHJK" in text
     assert "10.20.30.40" in text
-    assert "classification RAHASIA from subject" in text
-    assert text.index("Penerima ditahan") < text.index("Recipients held")
+    assert "surel berklasifikasi RAHASIA" in text
+    assert "the message is classified RAHASIA" in text
+    assert text.index("Penerima yang ditahan") < text.index("Recipients held")
     assert officer_alert(NoticesConfig(officers=()), RECORD) is None
 
 
@@ -136,7 +158,15 @@ def test_audit_alert_only_for_audit_rules() -> None:
     audited = Verdict(
         classification="TERBATAS",
         recipients=(RecipientVerdict("x@gmail.com", "deliver", "upstream"),),
-        rules=(RuleResult("uji-nik", True, "audit", clause="2.c", reasons=("3 NIK",)),),
+        rules=(
+            RuleResult(
+                "uji-nik",
+                True,
+                "audit",
+                clause="2.c",
+                reasons=("detectors found 3 distinct valid values (nik 3, nip 0), at least 3",),
+            ),
+        ),
         audit=("uji-nik",),
     )
     msg = parse(
@@ -145,7 +175,7 @@ def test_audit_alert_only_for_audit_rules() -> None:
     )
     assert msg["To"] == "kepatuhan@jakarta.go.id"
     text = body_of(msg)
-    assert "uji-nik" in text and "3 NIK" in text and "x@gmail.com" in text
+    assert "uji-nik" in text and "NIK 3" in text and "x@gmail.com" in text
     assert "mode audit" in text and "audit mode" in text
 
 
@@ -208,7 +238,8 @@ def test_dsn_structure() -> None:
 
 def test_templates_override_file_by_file(tmp_path: Path) -> None:
     (tmp_path / "quarantine_notice.txt").write_text(
-        "Subject: Ditahan: $subject\n\nNomor $id untuk $sender.\n", encoding="utf-8"
+        "Subject: Ditahan: {{ subject }}\n\nNomor {{ id }} untuk {{ sender }}.\n",
+        encoding="utf-8",
     )
     cfg = NoticesConfig(
         sender="postmaster@jakarta.go.id", officers=CONFIG.officers, templates=str(tmp_path)
@@ -219,6 +250,61 @@ def test_templates_override_file_by_file(tmp_path: Path) -> None:
     # the officers' template was not overridden, so the shipped one is used
     assert "milter quarantine show" in body_of(parse(officer_alert(cfg, RECORD) or b""))
     assert Templates.load(str(tmp_path)).clause_words("3.a")[1].startswith("use the channels")
+
+
+def test_a_broken_template_fails_to_load_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "dsn.txt").write_text("Subject: x\n\n{% if %}\n", encoding="utf-8")
+    with pytest.raises(NoticeError) as bad:
+        Templates.load(str(tmp_path))
+    assert "dsn.txt:3:" in str(bad.value) and "\n" not in str(bad.value)
+    (tmp_path / "dsn.txt").write_text("Subject: x\n\n{{ subjek }}\n", encoding="utf-8")
+    with pytest.raises(NoticeError, match="subjek"):
+        Templates.load(str(tmp_path))  # a misspelt name fails at load, not at the first DSN
+
+
+def test_dates_levels_and_clauses_in_words() -> None:
+    when = 1_796_202_718.0  # Wed, 02 Dec 2026 09:11:58 -0000
+    assert moment(when) == {
+        "id": "Rabu, 2 Desember 2026 pukul 16.11 WIB",
+        "en": "Wednesday, 2 December 2026, 16:11 WIB",
+    }
+    assert moment(when, "Asia/Makassar")["id"] == "Rabu, 2 Desember 2026 pukul 17.11 WITA"
+    assert moment(when, "Asia/Jayapura")["id"].endswith("18.11 WIT")
+    assert level_words("SANGAT_RAHASIA") == "SANGAT RAHASIA"
+    t = Templates.load()
+    law = t.clause("UU 27/2022")
+    assert law.cite_id == "Undang-Undang Nomor 27 Tahun 2022 tentang Pelindungan Data Pribadi"
+    assert t.clause("2.h").meaning_id.startswith("tidak membuat atau menyebarkan konten hoaks")
+    assert t.clause("9.z").cite_id == "butir 9.z Surat Edaran Sekretaris Daerah Nomor 79/SE/2019"
+
+
+@pytest.mark.parametrize(
+    ("reason", "indonesian"),
+    [
+        (
+            "recipient a@gmail.com is not in set 'internal' nor 'secure' nor 'government'",
+            "alamat penerima a@gmail.com berada di luar jakarta.go.id dan subdomainnya, "
+            "surel aman sanapati.net (BSSN), serta instansi pemerintah lain (*.go.id)",
+        ),
+        ("classification SANGAT_RAHASIA is SANGAT_RAHASIA", "surel berklasifikasi SANGAT RAHASIA"),
+        (
+            "detectors found 12 distinct valid values (nik 12, nip 0), at least 10",
+            "ditemukan 12 nomor identitas pribadi yang sah (NIK 12); batasnya 10",
+        ),
+        (
+            "attachment 2 (application/x-dosexec) matches executable",
+            "lampiran 2 (jenis application/x-dosexec): berisi program atau skrip",
+        ),
+        (
+            "text contains 2 keyword(s) (hoaks: hoaks, viralkan)",
+            "teks surel memuat 2 kata kunci terlarang (hoaks: hoaks, viralkan)",
+        ),
+    ],
+)
+def test_findings_have_indonesian_wording(reason: str, indonesian: str) -> None:
+    wid, wen = finding_words(reason)
+    assert wid == indonesian
+    assert wen != wid
 
 
 def test_should_notify_sender() -> None:
@@ -290,5 +376,5 @@ def test_officer_alert_names_where_the_message_came_from() -> None:
         "antrean/queue 4XyZ1abcDE Bcc: x@example.com; via milter"
     )
     assert f"Asal:            {origin}" in text
-    assert f"Origin:        {origin}" in text
+    assert f"Origin:         {origin}" in text
     assert msg["Bcc"] is None
