@@ -32,7 +32,7 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 
-from milter import log
+from milter import log, metrics
 from milter.config import GatewayConfig, Route
 from milter.envelope import Dsn
 from milter.message import CHUNK, Message
@@ -174,6 +174,8 @@ class SmtpConnection:
                 timeout,
             )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
+            if isinstance(exc, ssl.SSLError):
+                metrics.NEXTHOP_TLS_FAILURES.labels(route.name, _tls_reason(exc)).inc()
             raise DeliveryError(
                 Reply(451, f"next hop {hop_name(route)} unreachable: {_describe(exc)}", "4.4.1")
             ) from None
@@ -223,6 +225,7 @@ class SmtpConnection:
         strict = route.tls in ("required", "verify")
         if "STARTTLS" not in self.extensions:
             if strict:
+                metrics.NEXTHOP_TLS_FAILURES.labels(route.name, "not_offered").inc()
                 raise DeliveryError(
                     Reply(
                         451,
@@ -234,6 +237,7 @@ class SmtpConnection:
         reply = await self.command("STARTTLS")
         if not self.expect(reply, {220}, "STARTTLS"):
             self.in_step("STARTTLS")
+            metrics.NEXTHOP_TLS_FAILURES.labels(route.name, "starttls_refused").inc()
             if strict:
                 raise DeliveryError(
                     Reply(451, f"TLS required by route {self.hop}: STARTTLS refused", "4.7.5")
@@ -247,6 +251,7 @@ class SmtpConnection:
             )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             self.broken = True
+            metrics.NEXTHOP_TLS_FAILURES.labels(route.name, _tls_reason(exc)).inc()
             raise TlsFailed(
                 Reply(451, f"TLS with {self.hop} failed: {_describe(exc)}", "4.7.5")
             ) from None
@@ -256,6 +261,7 @@ class SmtpConnection:
     def _no_cleartext(self, when: str) -> None:
         if n := self.unread():
             self.broken = True
+            metrics.NEXTHOP_TLS_FAILURES.labels(self.route.name, "cleartext_injection").inc()
             log.event(
                 "tls-injection",
                 logging.WARNING,
@@ -667,6 +673,12 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _tls_reason(exc: BaseException) -> str:
+    """The ``reason`` label of a failed handshake: a certificate that did not verify
+    is told apart, since its fix (renew, reissue) is not the network's."""
+    return "certificate" if isinstance(exc, ssl.SSLCertVerificationError) else "handshake"
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
@@ -687,6 +699,7 @@ class Deliverer:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self._idle: dict[str, list[SmtpConnection]] = {}
+        metrics.declare_routes([config.upstream, *config.routes.values()])
 
     async def send(
         self,

@@ -74,6 +74,9 @@ class Notifier(Protocol):
         outcome: Outcome,
     ) -> None: ...
 
+    async def close(self) -> None:
+        """Hand back what is in flight (notices claimed but not sent)."""
+
 
 @dataclass
 class RecipientOutcome:
@@ -153,6 +156,19 @@ def received_header(config: GatewayConfig, env: Envelope) -> bytes:
     return line.encode("utf-8", "surrogateescape")
 
 
+def _ids(env: Envelope) -> dict[str, Any]:
+    """What ties an event about one message to the MTA's log and to the sender: the
+    gateway's id, the front MTA's queue id, the SASL login, front-end and client."""
+    origin = env.origin()
+    return {
+        "id": env.queue_id,
+        "queue_id": origin["queue_id"],
+        "login": origin["login"],
+        "frontend": origin["frontend"],
+        "client_address": origin["client_address"],
+    }
+
+
 def _summary(findings: Findings | None, verdict: Verdict) -> dict[str, Any]:
     """What the quarantine record keeps of the findings: enough to explain the hold."""
     out: dict[str, Any] = {"rules": [r.to_dict() for r in verdict.rules if r.matched]}
@@ -192,6 +208,7 @@ class Pipeline:
         """Switch to a reloaded policy; messages already being decided keep the old one."""
         self.policy = policy
         self.inspector = inspector
+        metrics.declare_rules(getattr(policy, "rules", ()))
         if self.inspection is not None:
             self.inspection.use(inspector)
         if self.notifier is not None:
@@ -212,7 +229,7 @@ class Pipeline:
         try:
             findings, verdict = await self._decide(env, message)
         except Exception as exc:
-            log.failure("decision-failed", exc, id=env.queue_id)
+            log.failure("decision-failed", exc, **_ids(env))
             fallback = self._on_error(env)
             if fallback is None:
                 outcome = _tempfail(env)
@@ -248,12 +265,21 @@ class Pipeline:
         if self.policy is None or self.inspector is None:
             return None, deliver_all(env.rcpt_tos)
         t0 = time.monotonic()
-        if self.inspection is not None:
-            findings = await self.inspection.inspect(message.content())
-        else:
-            findings = await self._inspect_in_thread(self.inspector, message)
-        metrics.INSPECTION.observe(time.monotonic() - t0)
-        return findings, self.policy.evaluate(env, findings)
+        try:
+            if self.inspection is not None:
+                findings = await self.inspection.inspect(message.content())
+            else:
+                findings = await self._inspect_in_thread(self.inspector, message)
+        finally:
+            # Observed when inspection fails too: a killed inspector's time is the
+            # part of the distribution an operator most needs to see.
+            t1 = time.monotonic()
+            metrics.INSPECTION.observe(t1 - t0)
+            metrics.STAGE_SECONDS.labels("inspection", "").observe(t1 - t0)
+        metrics.count_findings(findings)
+        verdict = self.policy.evaluate(env, findings)
+        metrics.STAGE_SECONDS.labels("policy", "").observe(time.monotonic() - t1)
+        return findings, verdict
 
     async def _inspect_in_thread(self, inspector: Inspector, message: Message) -> Findings:
         """Without inspection processes (``inspect.processes: 0``): a thread, which a
@@ -315,7 +341,8 @@ class Pipeline:
                             r.address, "quarantined", Reply(250, text, "2.6.0"), None, r.rules
                         )
             except Exception as exc:
-                log.failure("quarantine-failed", exc, id=env.queue_id)
+                metrics.QUARANTINE_WRITE_ERRORS.inc()
+                log.failure("quarantine-failed", exc, **_ids(env))
                 if records:
                     await self._withdraw(env, records, TEMP_FAILURE)
                 return _tempfail(env, verdict.classification)
@@ -332,7 +359,7 @@ class Pipeline:
                 try:
                     prepared = await self._prepared(env, message, key[1])
                 except Exception as exc:
-                    log.failure("rewrite-failed", exc, id=env.queue_id)
+                    log.failure("rewrite-failed", exc, **_ids(env))
                     if records:
                         await self._withdraw(env, records, TEMP_FAILURE)
                     return _tempfail(env, verdict.classification)
@@ -355,7 +382,7 @@ class Pipeline:
             if isinstance(got, BaseException):
                 # One group's local failure defers that group only; the others keep
                 # the outcome they really had.
-                log.failure("delivery-failed", got, id=env.queue_id, route=route)
+                log.failure("delivery-failed", got, route=route, **_ids(env))
                 result = DeliveryResult.failed(TEMP_FAILURE, [r.address for r in rcpts], route)
             else:
                 result = got
@@ -386,7 +413,7 @@ class Pipeline:
                     action="withdraw",
                 )
             except Exception as exc:
-                log.failure("withdraw-failed", exc, id=env.queue_id, quarantine_id=record.id)
+                log.failure("withdraw-failed", exc, quarantine_id=record.id, **_ids(env))
 
     async def _deliver(
         self,
@@ -400,9 +427,11 @@ class Pipeline:
         addresses = list(
             dict.fromkeys([r.address for r in rcpts] + [b for r in rcpts for b in r.bcc])
         )
+        t0 = time.monotonic()
         result = await self.deliverer.send(
             route, env.mail_from, addresses, out, smtputf8=env.smtputf8, dsn=env.dsn
         )
+        metrics.STAGE_SECONDS.labels("delivery", route).observe(time.monotonic() - t0)
         if not result.ok:
             kind = "temporary" if result.code < 500 else "permanent"
             metrics.NEXTHOP_ERRORS.labels(route, kind).inc()
@@ -528,7 +557,9 @@ class Pipeline:
             release_plan=ReleasePlan(route, rewrites).to_record(),
         )
         store = self.store
+        t0 = time.monotonic()
         await asyncio.to_thread(store.put, message.content(), record)
+        metrics.STAGE_SECONDS.labels("quarantine", "").observe(time.monotonic() - t0)
         return record
 
     async def _notify(
@@ -544,7 +575,7 @@ class Pipeline:
         try:
             await self.notifier.after(env, message, findings, verdict, outcome)
         except Exception as exc:
-            log.failure("notice-failed", exc, logging.WARNING, id=env.queue_id)
+            log.failure("notice-failed", exc, logging.WARNING, **_ids(env))
 
     def _finish(
         self,
@@ -561,6 +592,8 @@ class Pipeline:
             metrics.RECIPIENTS.labels(env.frontend, o.action).inc()
         if outcome.reply.code < 400:
             metrics.MESSAGE_BYTES.inc(message.size)
+        if verdict is not None:
+            metrics.count_rule_hits(verdict.rules)
         clauses = {r.address: list(r.clauses) for r in verdict.recipients} if verdict else {}
         log.message_line(
             id=env.queue_id,
@@ -588,6 +621,8 @@ class Pipeline:
 
     async def start(self) -> None:
         """Start what must run before the first message (the inspection processes)."""
+        if self.policy is not None:
+            metrics.declare_rules(getattr(self.policy, "rules", ()))
         if self.inspection is not None:
             await self.inspection.start()
 
@@ -597,5 +632,8 @@ class Pipeline:
         if self._background:
             with contextlib.suppress(Exception):
                 await asyncio.wait(self._background, timeout=10)
+        if self.notifier is not None:
+            with contextlib.suppress(Exception):
+                await self.notifier.close()
         await self.deliverer.close()
         self._pool.shutdown(wait=False, cancel_futures=True)

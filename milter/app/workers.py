@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from types import FrameType
 
-from milter import log
+from milter import log, metrics
 from milter.app.wiring import Components, build_components, make_pipeline, reload_policy
 from milter.config import GatewayConfig
 
@@ -86,10 +86,7 @@ def supervise(config: GatewayConfig) -> int:
     Returns 0 after an orderly stop and 1 when workers kept failing, so systemd's
     ``Restart=on-failure`` brings the service back.
     """
-    if config.metrics:
-        from milter import metrics
-
-        metrics.serve(*config.metrics)
+    probe = metrics.serve(*config.metrics, config, start_probe=False) if config.metrics else None
     children: dict[int, int] = {}
     stopping = False
     gave_up = False
@@ -126,6 +123,8 @@ def supervise(config: GatewayConfig) -> int:
         signal.signal(sig, forward)
     for slot in range(config.workers):
         spawn(slot)
+    if probe is not None:
+        probe.start()  # after the fork, so that no worker inherits the probe's thread
     failures: list[float] = []
     while children:
         try:
@@ -135,6 +134,7 @@ def supervise(config: GatewayConfig) -> int:
         except InterruptedError:
             continue
         slot = children.pop(pid, -1)
+        metrics.process_exited(pid)
         if slot < 0 or stopping:
             continue
         now = time.monotonic()

@@ -61,7 +61,7 @@ def serve(args: argparse.Namespace) -> int:
         if config.metrics:
             from milter import metrics
 
-            metrics.serve(*config.metrics)
+            metrics.serve(*config.metrics, config, store=components.store)
         try:
             asyncio.run(run(config, components))
         except OSError as exc:
