@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= examples/gateway.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench deps venv clean
+.PHONY: run test lint bench deps venv clean wheel deb
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,7 +17,8 @@ venv: $(STAMP)
 
 # Debian packages the tests need: Postfix (a real instance for the recipes, smtp-sink,
 # smtp-source), swaks, miltertest (a second milter client), openssl (DKIM keys, test
-# certificates), libmagic.
+# certificates), libmagic, systemd (systemd-analyze scores and verifies the units),
+# Debian's python3.11 (the interpreter of the Debian package's environment).
 deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
@@ -25,7 +26,10 @@ deps:
 	  command -v swaks >/dev/null || missing="$$missing swaks"; \
 	  command -v miltertest >/dev/null || missing="$$missing miltertest"; \
 	  command -v openssl >/dev/null || missing="$$missing openssl"; \
+	  command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	  [ -e /usr/lib/x86_64-linux-gnu/libmagic.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/libmagic.so.1 ] || missing="$$missing libmagic1"; \
+	  command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	  [ -x /usr/bin/python3.11 ] || missing="$$missing python3.11"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 	    DEBIAN_FRONTEND=noninteractive apt-get update -q && \
@@ -52,6 +56,15 @@ bench: deps $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python -m bench.bench_postfix --count 1000
 	$(BIN)/python -m bench.bench_milter_codec --seconds 3
+
+# The wheel: code, the shipped policy and the templates `milter init` writes.
+wheel: $(STAMP)
+	$(BIN)/pip wheel -q --no-deps -w build/dist .
+
+# build/milter_VERSION_ARCH.deb: a venv of Debian's python3.11 under /opt/milter, the
+# units, sysusers.d and tmpfiles.d (packaging/build-deb.sh says why not dh-virtualenv).
+deb: $(STAMP)
+	PIP=$(BIN)/pip packaging/build-deb.sh build
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -11,14 +11,14 @@ import sys
 from collections.abc import Callable, Sequence
 
 from milter import __version__
-from milter.commands import dkim, inspect, policy, quarantine, serve
+from milter.commands import dkim, init, inspect, policy, quarantine, serve
 from milter.config import ConfigError, default_config_path
 from milter.errors import UserError
 from milter.yamlsource import SourceError
 
 # Each module adds its subcommands through ``register(subparsers)`` and sets ``func`` on
 # its parsers: a callable taking the parsed arguments, returning an exit code.
-COMMAND_MODULES = (serve, inspect, policy, quarantine, dkim)
+COMMAND_MODULES = (serve, inspect, policy, quarantine, dkim, init)
 
 Handler = Callable[[argparse.Namespace], int]
 
