@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import re
+import smtplib
 import socketserver
 import subprocess
 import sys
@@ -454,3 +455,41 @@ def test_hold_records_where_the_message_came_from(deployed: Deployment) -> None:
     if deployed.recipe == "content_filter":
         # XFORWARD IDENT: the queue id the client was given.
         assert held["queue_id"] == queue_id_of(reply)
+
+
+def test_gateway_down_loses_nothing_and_delivers_once(deployed: Deployment) -> None:
+    """The gateway killed: before the queue (milter, proxy) Postfix answers 4xx and the
+    client keeps the message; after the queue Postfix keeps it deferred. Once the
+    gateway is back, the message arrives exactly once."""
+    assert deployed.gateway.proc is not None
+    deployed.gateway.proc.kill()
+    deployed.gateway.proc.wait(10)
+    data = message("Laporan harian", to="sari@example.org")
+    if deployed.recipe == "content_filter":
+        reply = swaks(deployed, ["sari@example.org"], data)
+        assert reply.code == 250, reply.transcript  # queued by Postfix, deferred
+    else:
+        # Refused with a 4xx at whichever step Postfix noticed: MAIL (milter
+        # unreachable at connect), or the end of DATA (the proxy filter).
+        with (
+            smtplib.SMTP("127.0.0.1", deployed.port, timeout=60,
+                         source_address=(CLIENT_ADDR, 0)) as smtp,
+            pytest.raises((smtplib.SMTPSenderRefused, smtplib.SMTPDataError,
+                           smtplib.SMTPRecipientsRefused)) as refused,
+        ):
+            smtp.sendmail(SENDER, ["sari@example.org"], data)
+        error = refused.value
+        code = (error.smtp_code if not isinstance(error, smtplib.SMTPRecipientsRefused)
+                else next(iter(error.recipients.values()))[0])
+        assert 400 <= code < 500, error
+    assert deployed.delivered("sari@example.org") == []
+    deployed.gateway.start()
+    if deployed.recipe == "content_filter":
+        deployed.lab.flush()
+    else:
+        reply = swaks(deployed, ["sari@example.org"], data)  # the client's retry
+        assert reply.code == 250, reply.transcript
+    deployed.sink.wait_for(1, timeout=60)
+    deployed.settle(60)
+    got = deployed.delivered("sari@example.org")
+    assert len(got) == 1, deployed.detail()
