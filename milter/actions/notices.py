@@ -448,6 +448,67 @@ def _detectors(per: str) -> str:
     return ", ".join(bits) or per
 
 
+# Why the inspector could not read a part, as it writes it (English), in Indonesian.
+# Patterns, not a phrase book: a reason may name a file or an archive kind.
+_PART_REASONS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), words)
+    for pattern, words in (
+        (r"^encrypted archive entr(y|ies)$", "entri arsip terenkripsi"),
+        (r"^encrypted (\S+) archive$", "arsip {0} terenkripsi"),
+        (r"^encrypted PDF$", "PDF terenkripsi"),
+        (r"^encrypted (Office|Word) document$", "dokumen {0} terenkripsi"),
+        (r"^(PGP/MIME|S/MIME) encrypted$", "terenkripsi {0}"),
+        (r"^inline PGP encrypted$", "terenkripsi PGP di dalam teks"),
+        (r"^(\S+) archive not opened$", "arsip {0} tidak dibuka"),
+        (r"^MIME depth limit reached$", "batas kedalaman struktur MIME tercapai"),
+        (r"^MIME part limit reached$", "batas jumlah bagian MIME tercapai"),
+        (r"^archive depth limit reached$", "batas kedalaman arsip bersarang tercapai"),
+        (r"^archive entry limit reached$", "batas jumlah entri arsip tercapai"),
+        (r"^expanded bytes limit reached$", "batas ukuran hasil ekstraksi tercapai"),
+        (
+            r"^(?:PDF )?expansion (?:ratio )?limit reached(?: in (.+))?$",
+            "batas rasio ekstraksi tercapai{at}",
+        ),
+        (r"^read limit reached(?: in (.+))?$", "batas baca tercapai{at}"),
+        (r"^text limit reached$", "batas panjang teks tercapai"),
+        (r"^examined bytes limit reached$", "batas ukuran yang diperiksa tercapai"),
+        (
+            r"^message larger than the examined bytes limit$",
+            "surel lebih besar daripada batas ukuran yang diperiksa",
+        ),
+        (r"^time budget (?:exceeded|reached in PDF)$", "batas waktu pemeriksaan habis"),
+        (
+            r"^inspection stopped at its time budget \((.+) s\)$",
+            "pemeriksaan dihentikan pada batas waktunya ({0} detik)",
+        ),
+        (r"^base64 data after padding$", "ada data base64 setelah akhir pengodean"),
+        (r"^nesting too deep$", "susunan bersarang terlalu dalam"),
+        (r"^unreadable (.+?): (.+)$", "{0} tidak dapat dibaca ({1})"),
+        (r"^internal error: (.+)$", "kesalahan internal pemeriksa ({0})"),
+    )
+)
+
+
+def part_reason_words(reason: str) -> str:
+    """An inspector's reason in Indonesian; as written when it is not known."""
+    for pattern, words in _PART_REASONS:
+        m = pattern.match(reason.strip())
+        if m:
+            groups = [g or "" for g in m.groups()]
+            where = f" di {groups[0]}" if groups and groups[0] else ""
+            return words.format(*groups, at=where)
+    return reason
+
+
+def _part_reasons(listing: str) -> str:
+    """``a.zip: encrypted archive entries; b.pdf: encrypted PDF`` in Indonesian."""
+    out = []
+    for item in listing.split("; "):
+        where, sep, why = item.rpartition(": ")
+        out.append(f"{where}{sep}{part_reason_words(why)}" if sep else part_reason_words(item))
+    return "; ".join(out)
+
+
 def finding_words(reason: str) -> tuple[str, str]:
     """One finding of the policy (``RuleResult.reasons``, written in English by the
     condition that saw it) in both languages: (Bahasa Indonesia, English).
@@ -522,7 +583,7 @@ def finding_words(reason: str) -> tuple[str, str]:
     m = re.match(r"^(encrypted|unscannable|signed): (.+)$", text)
     if m:
         wid, wen = _PARTS_WORDS[m.group(1)]
-        return f"{wid}: {m.group(2)}", f"{wen}: {m.group(2)}"
+        return f"{wid}: {_part_reasons(m.group(2))}", f"{wen}: {m.group(2)}"
     m = re.match(r"^nothing is (\w+)$", text)
     if m and m.group(1) in _PARTS_WORDS:
         wid, wen = _PARTS_WORDS[m.group(1)]

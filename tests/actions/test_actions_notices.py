@@ -21,6 +21,7 @@ from milter.actions.notices import (
     level_words,
     moment,
     officer_alert,
+    part_reason_words,
     quarantine_notice,
     should_notify_sender,
 )
@@ -378,3 +379,18 @@ def test_officer_alert_names_where_the_message_came_from() -> None:
     assert f"Asal:            {origin}" in text
     assert f"Origin:         {origin}" in text
     assert msg["Bcc"] is None
+
+
+@pytest.mark.parametrize(
+    ("reason", "words"),
+    [
+        ("encrypted archive entries", "entri arsip terenkripsi"),
+        ("encrypted 7z archive", "arsip 7z terenkripsi"),
+        ("S/MIME encrypted", "terenkripsi S/MIME"),
+        ("read limit reached in docProps/custom.xml", "batas baca tercapai di docProps/custom.xml"),
+        ("unreadable zip: BadZipFile", "zip tidak dapat dibaca (BadZipFile)"),
+        ("a reason no table knows yet", "a reason no table knows yet"),
+    ],
+)
+def test_the_inspectors_reasons_read_in_indonesian(reason: str, words: str) -> None:
+    assert part_reason_words(reason) == words
