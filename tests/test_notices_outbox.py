@@ -272,7 +272,13 @@ def test_the_gateway_notifier_queues_before_sending(tmp_path: Path, sink: Sink) 
         sink.behaviour.data_reply = "451 4.3.0 sibuk / busy"
         await notifier.outbox.submit("officer-alert", "a@jakarta.go.id",
                                      ["kepatuhan@jakarta.go.id"], NOTICE, limit=None)
-        await asyncio.sleep(0.3)
+        # Wait for the refused attempt itself, then check the refusal left nothing.
+        for _ in range(200):
+            rows = await asyncio.to_thread(notifier._outbox_store().outbox)
+            if rows and rows[0].last_error:  # the refusal is recorded
+                break
+            await asyncio.sleep(0.02)
+        assert rows and rows[0].last_error and rows[0].status != NOTICE_SENT
         assert sink.messages == []
         sink.behaviour.data_reply = None
         for _ in range(100):

@@ -33,6 +33,7 @@ import email
 import email.policy
 import email.utils
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -322,6 +323,7 @@ class GatewayNotifier:
         # Only when the outbox cannot be reached: then the limit is this process's.
         self.limiter = RateLimiter(config.notices.rate_limit)
         self._store = store
+        self._store_lock = threading.Lock()
         self.outbox = NoticeOutbox(
             self._outbox_store,
             self._deliver,
@@ -335,9 +337,10 @@ class GatewayNotifier:
     def _outbox_store(self) -> QuarantineStore:
         """The store holding the outbox: the one given, else the configured quarantine
         opened once for the notices (a connection of their own)."""
-        if self._store is None:
-            self._store = open_store(self.config.quarantine)
-        return self._store
+        with self._store_lock:  # the sender and a submit may ask at once, from two threads
+            if self._store is None:
+                self._store = open_store(self.config.quarantine)
+            return self._store
 
     async def _deliver(self, rcpts: list[str], data: bytes) -> DeliveryResult:
         utf8 = any(not a.isascii() for a in rcpts)
