@@ -892,6 +892,34 @@ def quarantine_notice(
     rules' descriptions per language (``{rule: {"id": ..., "en": ...}}``).
     Check ``should_notify_sender`` and the rate limit first: this builds, never decides.
     """
+    subject, body = _render_hold(
+        "quarantine_notice",
+        config,
+        record,
+        verdict=verdict,
+        templates=templates,
+        others=others,
+        retention=retention,
+        descriptions=descriptions,
+        sender_name=sender_name,
+    )
+    return _compose(config, [to or record.sender], subject, body, now)
+
+
+def _render_hold(
+    name: str,
+    config: NoticesConfig,
+    record: QuarantineRecord,
+    *,
+    verdict: Verdict | None,
+    templates: Templates | None,
+    others: Sequence[Disposition],
+    retention: float | None,
+    descriptions: Descriptions | None,
+    sender_name: str,
+) -> tuple[str, str]:
+    """Subject and body of a notice about one hold: the sender's and the officers' say
+    the same things, to different readers."""
     t = _templates(config, templates)
     values = _quarantine_values(
         config,
@@ -903,8 +931,7 @@ def quarantine_notice(
         descriptions=descriptions,
         sender_name=sender_name,
     )
-    subject, body = t.render("quarantine_notice", values)
-    return _compose(config, [to or record.sender], subject, body, now)
+    return t.render(name, values)
 
 
 def officer_alert(
@@ -925,18 +952,17 @@ def officer_alert(
     rcpts = list(to) if to is not None else list(config.officers)
     if not rcpts:
         return None
-    t = _templates(config, templates)
-    values = _quarantine_values(
+    subject, body = _render_hold(
+        "officer_alert",
         config,
         record,
-        verdict,
-        t,
+        verdict=verdict,
+        templates=templates,
         others=others,
         retention=retention,
         descriptions=descriptions,
         sender_name=sender_name,
     )
-    subject, body = t.render("officer_alert", values)
     return _compose(config, rcpts, subject, body, now)
 
 
