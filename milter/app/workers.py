@@ -43,6 +43,13 @@ async def run(
     pipeline = make_pipeline(config, components)
     gateway = Gateway(config, pipeline) if config.listen else None
     milter = milter_server(config, pipeline) if config.milter.listen else None
+    # Signals first: starting the inspection processes takes a moment, and a SIGTERM
+    # that arrives meanwhile must stop this worker, not be lost.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_policy, config, pipeline)
     try:
         await pipeline.start()
         if gateway is not None:
@@ -56,11 +63,6 @@ async def run(
             await milter.shutdown(0)
         await pipeline.close()
         raise
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload_policy, config, pipeline)
     log.event(
         "listening",
         addresses=[f"{h}:{p}" for h, p in gateway.bound()] if gateway else [],
@@ -101,6 +103,12 @@ def supervise(config: GatewayConfig) -> int:
     def spawn(slot: int) -> None:
         pid = os.fork()
         if pid == 0:
+            # The supervisor's handlers forward signals to its children; in a worker,
+            # until its event loop takes over, SIGTERM must stop it (not be forwarded to
+            # its siblings and lost) and SIGHUP is moot (the policy is read at start).
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             code = 0
             try:
                 components = build_components(config)
