@@ -493,3 +493,75 @@ def test_gateway_down_loses_nothing_and_delivers_once(deployed: Deployment) -> N
     deployed.settle(60)
     got = deployed.delivered("sari@example.org")
     assert len(got) == 1, deployed.detail()
+
+
+REWRITE_POLICY = """\
+version: 1
+domains:
+  internal: [jakarta.go.id, "*.jakarta.go.id"]
+rules:
+  - name: tandai-internal
+    clause: "2.c"
+    when: {recipient: {in: internal}}
+    then:
+      - subject_prefix: "[DIPERIKSA]"
+      - add_header: {name: X-Diperiksa, value: "ya"}
+      - remove_header: X-Mailer
+      - disclaimer: "Surel ini telah diperiksa / This message was checked."
+"""
+
+
+def test_milter_rewrites_and_signature_arrive_through_postfix(
+    postfix_lab: Callable[..., PostfixLab], sink: Sink, secure_sink: Sink, tmp_path: Path
+) -> None:
+    """The milter recipe with rewrites and DKIM: Postfix applies the gateway's header
+    edits and body replacement to its own copy, and the signature still verifies."""
+    import dkim
+
+    from milter.actions.dkim import keygen, public_txt
+
+    key_path, _ = keygen("dinas.jakarta.go.id", "gw1", tmp_path)
+    policy = tmp_path / "rewrite.yaml"
+    policy.write_text(REWRITE_POLICY)
+    milter_port, reinject_port = free_port(), free_port()
+    cfg = gateway_config("milter", tmp_path, gw_port=free_port(), milter_port=milter_port,
+                         reinject_port=reinject_port, secure_port=secure_sink.port)
+    cfg["policy"] = str(policy)
+    cfg["dkim"] = [{"domain": "dinas.jakarta.go.id", "selector": "gw1", "key_file": key_path}]
+    gw = RecipeGateway(tmp_path, cfg)
+    lab = postfix_lab(relay_port=sink.port, name="rewrite")
+    ports: dict[str, int | str] = {"inet:127.0.0.1:8890": milter_port,
+                                   "127.0.0.1:10025": reinject_port}
+    for path in recipe_files("milter"):
+        if path.name.endswith(".main.cf"):
+            lab.set_main(path.read_text(), ports)
+        else:
+            lab.add_master(path.read_text(), ports)
+    try:
+        gw.start()
+        lab.start()
+        data = message("Laporan mingguan", to="andi@bpkd.jakarta.go.id").replace(
+            b"\nSubject:", b"\nX-Mailer: Outlook 16\nSubject:", 1
+        )
+        with smtplib.SMTP("127.0.0.1", lab.smtpd_port, timeout=60,
+                          source_address=(CLIENT_ADDR, 0)) as smtp:
+            smtp.sendmail(SENDER, ["andi@bpkd.jakarta.go.id"], data)
+        (got,) = sink.wait_for(1, timeout=30)
+        lab.wait_queue_empty(30)
+        assert len(sink.messages) == 1
+        head, _, body = got.data.partition(b"\r\n\r\n")
+        assert b"\r\nSubject: [DIPERIKSA] Laporan mingguan" in b"\r\n" + head
+        assert b"\r\nX-Diperiksa: ya" in b"\r\n" + head
+        assert b"X-Mailer" not in head
+        assert b"Surel ini telah diperiksa / This message was checked." in body
+        assert head.count(b"DKIM-Signature:") == 1
+
+        def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
+            if name.rstrip(b".") == b"gw1._domainkey.dinas.jakarta.go.id":
+                return public_txt(Path(key_path).read_bytes()).encode()
+            return None
+
+        assert dkim.verify(got.data, dnsfunc=dnsfunc), got.data[:2000]
+    finally:
+        lab.stop()
+        gw.stop()

@@ -69,10 +69,11 @@ def header_changes(old: list[Header], new: list[Header], result: MilterResult) -
     new_by: dict[str, list[tuple[int, str, str]]] = {}
     for pos, (name, value) in enumerate(new):
         new_by.setdefault(name.lower(), []).append((pos, name, value))
-    # Fields in front of the first field the MTA already has are inserted at the top.
-    first_old = next(
-        (i for i, (n, v) in enumerate(new) if v in old_by.get(n.lower(), ())), len(new)
-    )
+    # Fields in front of the first field whose name the MTA's copy already has (the
+    # DKIM signature, prepended by signing) are inserted at the top; every other field
+    # is compared with its namesakes in order, so a changed first header (a prefixed
+    # Subject) is changed in place, not moved.
+    first_old = next((i for i, (n, _) in enumerate(new) if n.lower() in old_by), len(new))
     inserts: list[tuple[int, str, str]] = []
     deletes: list[tuple[str, int]] = []
     for key in dict.fromkeys([*old_by, *new_by]):

@@ -182,15 +182,17 @@ def encode_result(result: MilterResult, actions: int, leadspc: bool) -> list[byt
         return " " + text if leadspc and text else text
 
     out: list[bytes] = []
-    if result.add_headers:
-        need(SMFIF_ADDHDRS, "adding headers")
-        out += [codec.add_header(n, value(v)) for n, v in result.add_headers]
-    if result.insert_headers:
-        need(SMFIF_ADDHDRS, "inserting headers")
-        out += [codec.insert_header(i, n, value(v)) for i, n, v in result.insert_headers]
+    # Changes first: their indexes name the headers as the MTA received them, before
+    # an inserted or added namesake could be counted among them.
     if result.change_headers:
         need(SMFIF_CHGHDRS, "changing headers")
         out += [codec.change_header(n, i, value(v)) for n, i, v in result.change_headers]
+    if result.insert_headers:
+        need(SMFIF_ADDHDRS, "inserting headers")
+        out += [codec.insert_header(i, n, value(v)) for i, n, v in result.insert_headers]
+    if result.add_headers:
+        need(SMFIF_ADDHDRS, "adding headers")
+        out += [codec.add_header(n, value(v)) for n, v in result.add_headers]
     if result.delete_rcpts:
         need(SMFIF_DELRCPT, "deleting recipients")
         out += [codec.del_rcpt(a) for a in result.delete_rcpts]
