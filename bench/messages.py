@@ -245,6 +245,32 @@ def _pdf_text(s: str) -> str:
     return s.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
 
 
+def pdf_file(
+    objects: list[bytes],
+    *,
+    info: int | None = None,
+    header: bytes = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n",
+) -> bytes:
+    """A PDF file of numbered ``objects`` (object 1 the catalog), with its xref table;
+    ``info`` names the document information object, if any."""
+    out = bytearray(header)
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    for offset in offsets:
+        out += b"%010d 00000 n \n" % offset
+    info_ref = b" /Info %d 0 R" % info if info is not None else b""
+    out += b"trailer\n<< /Size %d /Root 1 0 R%s >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        info_ref,
+        xref,
+    )
+    return bytes(out)
+
+
 def pdf(
     lines: list[str],
     *,
@@ -283,21 +309,7 @@ def pdf(
         )
     entries = "".join(f"/{k} ({_pdf_text(v)}) " for k, v in (info or {"Title": "Laporan"}).items())
     objects.append(f"<< {entries}>>".encode("latin-1"))
-    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    for offset in offsets:
-        out += b"%010d 00000 n \n" % offset
-    out += b"trailer\n<< /Size %d /Root 1 0 R /Info %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        len(objects),
-        xref,
-    )
-    return bytes(out)
+    return pdf_file(objects, info=len(objects))
 
 
 # --- messages --------------------------------------------------------------------

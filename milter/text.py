@@ -47,8 +47,8 @@ def json_dumps(value: Any, **kwargs: Any) -> str:
 
     ``ensure_ascii=False`` escapes only C0 controls; DEL, C1 controls and bidi
     overrides would reach the output raw. Outside strings JSON is plain ASCII, so each
-    such character left in the encoded text is inside a string, and its ``\\uXXXX``
-    escape decodes to the same value: consumers still get the exact data.
+    such character left in the encoded text is inside a string, and its ``\\u`` escape
+    (four hex digits) decodes to the same value: consumers still get the exact data.
     """
     kwargs.setdefault("ensure_ascii", False)
     return _JSON_UNSAFE.sub(_json_escape, json.dumps(value, **kwargs))

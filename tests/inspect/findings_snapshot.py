@@ -26,7 +26,7 @@ from email.mime.text import MIMEText
 from pathlib import Path
 from typing import Any
 
-from bench.messages import big_message, jpeg, pdf, report_message, small_message
+from bench.messages import big_message, jpeg, pdf, pdf_file, report_message, small_message
 from milter.inspect import inspect_message
 from tests.corpus import corpus_root
 
@@ -117,20 +117,7 @@ def _pdf_with_stream(ops: bytes, font: bytes) -> bytes:
         + b"\nendstream",
         font,
     ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    for offset in offsets:
-        out += b"%010d 00000 n \n" % offset
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
-    )
-    return bytes(out)
+    return pdf_file(objects, header=b"%PDF-1.4\n")
 
 
 _HELVETICA = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>"
