@@ -139,6 +139,14 @@ def test_rahasia_to_outside_is_held_then_discarded(milter_gw: MilterGateway) -> 
     assert held["login"] == "budi" and held["client_address"] == "10.20.30.40"
     assert held["client_name"] == "pc-budi.bpkd.jakarta.go.id" and held["helo"] == "pc-budi"
     assert held["classification"] == "RAHASIA"
+    shown = subprocess.run(
+        [sys.executable, "-m", "milter", "-c", str(milter_gw.gw.config_path), "quarantine",
+         "show", held["id"]],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    ).stdout
+    assert f"via milter, transaction {held['transaction_id']}" in shown
+    assert "  client        pc-budi.bpkd.jakarta.go.id [10.20.30.40], HELO pc-budi\n" in shown
+    assert "  login         budi\n" in shown and "  MTA queue id  4XyZ1abcDE\n" in shown
 
 
 def test_mixed_recipients_split(milter_gw: MilterGateway, sink: Sink) -> None:

@@ -158,10 +158,21 @@ def _show(args: argparse.Namespace) -> int:
         + (f" (since {_when(rec.updated_at)})" if rec.updated_at else "")
     )
     print("Envelope:")
+    d = rec.to_dict()  # where it came from, as the list's JSON says it
     print(
-        f"  received      {_when(rec.received_at)} from client {printable(rec.client)}"
-        + (f", queue id {printable(rec.queue_id)}" if rec.queue_id else "")
+        f"  received      {_when(rec.received_at)} via {printable(d['frontend'])}"
+        + (f", transaction {printable(rec.queue_id)}" if rec.queue_id else "")
     )
+    client = f"[{printable(d['client_address'])}]"
+    if d["client_name"]:
+        client = f"{printable(d['client_name'])} {client}"
+    if d["helo"]:
+        client += f", HELO {printable(d['helo'])}"
+    print(f"  client        {client}")
+    if d["login"]:
+        print(f"  login         {printable(d['login'])}")
+    if d["queue_id"] != rec.queue_id:
+        print(f"  MTA queue id  {printable(d['queue_id'])}")
     print(f"  sender        {printable(rec.sender or '<>')}")
     print(f"  held for      {printable(', '.join(rec.recipients))}")
     print(f"  route         {printable(rec.route)}")
