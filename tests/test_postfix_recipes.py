@@ -467,7 +467,10 @@ def test_gateway_down_loses_nothing_and_delivers_once(deployed: Deployment) -> N
     data = message("Laporan harian", to="sari@example.org")
     if deployed.recipe == "content_filter":
         reply = swaks(deployed, ["sari@example.org"], data)
-        assert reply.code == 250, reply.transcript  # queued by Postfix, deferred
+        assert reply.code == 250, reply.transcript  # queued by Postfix
+        # Postfix tried the gateway and kept the message: the event, not a pause.
+        wait_until("Postfix deferring the message", lambda: "status=deferred" in
+                   deployed.lab.log(), 60, deployed.detail)
     else:
         # Refused with a 4xx at whichever step Postfix noticed: MAIL (milter
         # unreachable at connect), or the end of DATA (the proxy filter).
