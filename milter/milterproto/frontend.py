@@ -64,8 +64,10 @@ def header_changes(old: list[Header], new: list[Header], result: MilterResult) -
     protocol addresses a header (name and 1-based index among its namesakes).
     """
     old_by: dict[str, list[str]] = {}
+    spelled: dict[str, str] = {}  # each name as the MTA's copy first spells it
     for name, value in old:
         old_by.setdefault(name.lower(), []).append(value)
+        spelled.setdefault(name.lower(), name)
     new_by: dict[str, list[tuple[int, str, str]]] = {}
     for pos, (name, value) in enumerate(new):
         new_by.setdefault(name.lower(), []).append((pos, name, value))
@@ -79,7 +81,7 @@ def header_changes(old: list[Header], new: list[Header], result: MilterResult) -
     for key in dict.fromkeys([*old_by, *new_by]):
         before = old_by.get(key, [])
         after = new_by.get(key, [])
-        original_name = next((n for n, _ in old if n.lower() == key), None)
+        original_name = spelled.get(key)
         # A namesake prepended in front of the old ones shifts them by one.
         prepended = [a for a in after if a[0] < first_old]
         rest = [a for a in after if a[0] >= first_old]
