@@ -18,7 +18,10 @@ venv: $(STAMP)
 # Debian packages the tests need: Postfix (a real instance for the recipes, smtp-sink,
 # smtp-source), swaks, miltertest (a second milter client), openssl (DKIM keys, test
 # certificates), libmagic, systemd (systemd-analyze scores and verifies the units),
-# Debian's python3.11 (the interpreter of the Debian package's environment).
+# Debian's python3.11 (the interpreter of the Debian package's environment), chromium
+# (the review UI's browser tests drive it through Playwright; no browser download),
+# unrar-free (the inspector opens RAR archives with it), p7zip-full and LibreOffice Writer
+# (the tests make real 7z, .doc and .rtf fixtures with them).
 deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
@@ -30,6 +33,10 @@ deps:
 	  [ -e /usr/lib/x86_64-linux-gnu/libmagic.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/libmagic.so.1 ] || missing="$$missing libmagic1"; \
 	  command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	  [ -x /usr/bin/python3.11 ] || missing="$$missing python3.11"; \
+	  [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	  [ -e /usr/share/tesseract-ocr/5/tessdata/ind.traineddata ] || missing="$$missing tesseract-ocr tesseract-ocr-ind tesseract-ocr-eng"; \
+	  command -v qpdf >/dev/null && command -v img2pdf >/dev/null && [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$$missing qpdf img2pdf fonts-dejavu-core"; \
+	  command -v unrar-free >/dev/null && command -v 7z >/dev/null && command -v soffice >/dev/null || missing="$$missing unrar-free p7zip-full libreoffice-writer-nogui"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 	    DEBIAN_FRONTEND=noninteractive apt-get update -q && \
@@ -51,6 +58,8 @@ lint: $(STAMP)
 
 bench: deps $(STAMP)
 	$(BIN)/python -m bench.bench_inspect --rounds 300 --big
+	$(BIN)/python -m bench.bench_detection
+	$(BIN)/python -m bench.bench_ocr --pages 20 --compare-pages 5
 	$(BIN)/python -m bench.bench_policy --rounds 3000
 	$(BIN)/python -m bench.bench_quarantine
 	$(BIN)/python bench/run.py

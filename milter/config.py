@@ -62,6 +62,22 @@ class Route:
 
 
 @dataclass(frozen=True)
+class OcrConfig:
+    """``inspect.ocr``: scanned letters read by OCR (``milter.inspect.ocr``). Its time
+    budget is the message's OCR allowance, on top of ``inspect.time_budget``."""
+
+    enabled: bool = True
+    languages: tuple[str, ...] = ("ind", "eng")
+    max_pages: int = 10  # image pages (scans, photos, PDF pages) per message
+    max_pixels: int = 40_000_000  # per image, checked before it is decoded
+    time_budget: float = 20.0
+    engine: str = "tesseract"  # or "rapidocr" (bench/bench_ocr.py compares them)
+    # OCR processes per gateway worker, beside the inspection processes, so a scan being
+    # read never holds one other mail needs (0: OCR in the inspection processes).
+    processes: int = 1
+
+
+@dataclass(frozen=True)
 class InspectLimits:
     """Bounds on inspection; reaching one is an ``unscannable`` finding, never a crash."""
 
@@ -77,6 +93,10 @@ class InspectLimits:
     # Inspection processes per gateway worker (0: a thread of the worker, which a
     # hostile message can keep busy past its budget).
     processes: int = 2
+    # Messages up to this size made of text parts only are inspected in the worker
+    # itself: their cost is bounded by their size (milter.inspect.simple). 0: never.
+    inline_max: int = 32 << 10
+    ocr: OcrConfig = field(default_factory=OcrConfig)
 
 
 @dataclass(frozen=True)
@@ -84,6 +104,20 @@ class QuarantineConfig:
     database: str = "sqlite:///var/lib/milter/quarantine.sqlite3"
     spool: str = "/var/lib/milter/spool"
     retention: float = 30 * 86400.0
+    # How long a store call may take before the message gets a prompt 451: shorter
+    # than clients' own timeouts, so a frozen database costs them a retry, not a hang.
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """The gateway's own retry queue: recipients left deferred after another way out
+    of the same message accepted it (``milter.app.retryqueue``)."""
+
+    # Delays between attempts; the last one repeats.
+    retry: tuple[float, ...] = (300.0, 900.0, 1800.0, 3600.0, 2 * 3600.0, 4 * 3600.0)
+    max_age: float = 5 * 86400.0  # then the entry fails for good (DSN to an internal sender)
+    delay_notice_after: float = 4 * 3600.0  # one RFC 3464 "delayed" notice after this long
 
 
 @dataclass(frozen=True)
@@ -97,6 +131,32 @@ class NoticesConfig:
     # Delays between attempts at a notice the next hop did not take; the last repeats.
     retry: tuple[float, ...] = (60.0, 300.0, 900.0, 3600.0, 4 * 3600.0)
     give_up: float = 2 * 86400.0  # a notice not taken after this long is given up
+
+
+@dataclass(frozen=True)
+class LoginThrottle:
+    """After ``attempts`` failed logins for one account or from one address within
+    ``window`` seconds, further attempts are refused for ``lockout`` seconds."""
+
+    attempts: int = 5
+    window: float = 15 * 60.0
+    lockout: float = 15 * 60.0
+
+
+@dataclass(frozen=True)
+class ReviewConfig:
+    """The review web UI (``milter review``) and the release rules it shares with the CLI."""
+
+    listen: tuple[str, int] = ("127.0.0.1", 8025)
+    base_path: str = "/"
+    session_lifetime: float = 8 * 3600.0
+    # Classifications whose release needs two different officers (SE 79 keeps
+    # SANGAT_RAHASIA to the fewest hands).
+    two_person: tuple[str, ...] = ("SANGAT_RAHASIA",)
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    secret_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +213,7 @@ class GatewayConfig:
     policy: tuple[str, ...] = ()
     quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
     notices: NoticesConfig = field(default_factory=NoticesConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
     dkim: tuple[DkimKey, ...] = ()
     metrics: tuple[str, int] | None = None
     on_error: str = "tempfail"
@@ -163,6 +224,7 @@ class GatewayConfig:
     log_level: str = "INFO"
     shutdown_grace: float = 30.0
     milter: MilterConfig = field(default_factory=MilterConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
 
     def route(self, name: str) -> Route:
         return self.upstream if name == "upstream" else self.routes[name]
@@ -356,6 +418,7 @@ _TOP = {
     "policy",
     "quarantine",
     "notices",
+    "queue",
     "dkim",
     "metrics",
     "on_error",
@@ -365,6 +428,7 @@ _TOP = {
     "log_level",
     "shutdown_grace",
     "milter",
+    "review",
 }
 
 
@@ -435,7 +499,9 @@ def from_source(src: Source) -> GatewayConfig:
             for i, v in enumerate(r.strings(d["policy"], ("policy",)))
         )
     if "quarantine" in d:
-        q = r.mapping(d["quarantine"], ("quarantine",), {"database", "spool", "retention"})
+        q = r.mapping(
+            d["quarantine"], ("quarantine",), {"database", "spool", "retention", "timeout"}
+        )
         qkw: dict[str, Any] = {}
         if "database" in q:
             db = r.string(q["database"], ("quarantine", "database"))
@@ -451,7 +517,13 @@ def from_source(src: Source) -> GatewayConfig:
             qkw["spool"] = r.path(q["spool"], ("quarantine", "spool"))
         if "retention" in q:
             qkw["retention"] = r.conv(q["retention"], ("quarantine", "retention"), parse_duration)
+        if "timeout" in q:
+            qkw["timeout"] = r.conv(q["timeout"], ("quarantine", "timeout"), parse_duration)
+            if qkw["timeout"] <= 0:
+                raise r.fail(("quarantine", "timeout"), "expected a positive duration")
         kw["quarantine"] = QuarantineConfig(**qkw)
+    if "queue" in d:
+        kw["queue"] = _queue_config(r, d["queue"])
     if "notices" in d:
         n = r.mapping(
             d["notices"],
@@ -543,12 +615,14 @@ def from_source(src: Source) -> GatewayConfig:
         lkw: dict[str, Any] = {}
         for k, v in lim.items():
             p = ("inspect", k)
-            if k in ("max_bytes", "expanded_bytes", "text_bytes"):
+            if k in ("max_bytes", "expanded_bytes", "text_bytes", "inline_max"):
                 lkw[k] = r.conv(v, p, parse_size)
             elif k == "time_budget":
                 lkw[k] = r.conv(v, p, parse_duration)
             elif k == "expansion_ratio":
                 lkw[k] = r.conv(v, p, float)
+            elif k == "ocr":
+                lkw[k] = _ocr_config(r, v)
             else:
                 lkw[k] = r.integer(v, p, 0 if k == "processes" else 1)
         kw["inspect"] = InspectLimits(**lkw)
@@ -557,7 +631,110 @@ def from_source(src: Source) -> GatewayConfig:
         if lvl not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise r.fail(("log_level",), "expected DEBUG, INFO, WARNING or ERROR")
         kw["log_level"] = lvl
+    if "review" in d:
+        kw["review"] = _review_config(r, d["review"])
     return GatewayConfig(**kw)
+
+
+def _review_config(r: _Reader, value: Any) -> ReviewConfig:
+    """``review:``, the web UI; durations in the configuration's syntax (``8h``)."""
+    known = {"listen", "base_path", "session_lifetime", "two_person", "login_throttle"}
+    v = r.mapping(value, ("review",), known | {"tls", "secret_file"})
+    kw: dict[str, Any] = {}
+    if "listen" in v:
+        kw["listen"] = r.conv(v["listen"], ("review", "listen"), parse_hostport)
+    if "base_path" in v:
+        base = r.string(v["base_path"], ("review", "base_path"))
+        if not base.startswith("/") or any(c in base for c in "?#\\ "):
+            raise r.fail(("review", "base_path"), "expected a URL path starting with /")
+        kw["base_path"] = base.rstrip("/") or "/"  # "/review/" and "/review" alike
+    if "session_lifetime" in v:
+        p = ("review", "session_lifetime")
+        kw["session_lifetime"] = r.conv(v["session_lifetime"], p, parse_duration)
+        if kw["session_lifetime"] <= 0:
+            raise r.fail(p, "expected a positive duration")
+    if "two_person" in v:
+        tp = v["two_person"]
+        kw["two_person"] = () if tp in (None, []) else r.strings(tp, ("review", "two_person"))
+    if "login_throttle" in v:
+        p = ("review", "login_throttle")
+        t = r.mapping(v["login_throttle"], p, {"attempts", "window", "lockout"})
+        tkw: dict[str, Any] = {}
+        if "attempts" in t:
+            tkw["attempts"] = r.integer(t["attempts"], (*p, "attempts"), 1)
+        for k in ("window", "lockout"):
+            if k in t:
+                tkw[k] = r.conv(t[k], (*p, k), parse_duration)
+                if tkw[k] <= 0:
+                    raise r.fail((*p, k), "expected a positive duration")
+        kw["login_throttle"] = LoginThrottle(**tkw)
+    if "tls" in v:
+        t = r.mapping(v["tls"], ("review", "tls"), {"cert", "key"})
+        if "cert" not in t or "key" not in t:
+            raise r.fail(("review", "tls"), "HTTPS needs both cert and key")
+        kw["tls_cert"] = r.readable(t["cert"], ("review", "tls", "cert"))
+        kw["tls_key"] = r.readable(t["key"], ("review", "tls", "key"))
+    if "secret_file" in v:
+        kw["secret_file"] = r.path(v["secret_file"], ("review", "secret_file"))
+    return ReviewConfig(**kw)
+
+
+def _ocr_config(r: _Reader, value: Any) -> OcrConfig:
+    p = ("inspect", "ocr")
+    o = r.mapping(value, p, set(OcrConfig.__dataclass_fields__))
+    okw: dict[str, Any] = {}
+    if "enabled" in o:
+        okw["enabled"] = r.boolean(o["enabled"], (*p, "enabled"))
+    if "languages" in o:
+        okw["languages"] = r.strings(o["languages"], (*p, "languages"))
+    if "max_pages" in o:
+        okw["max_pages"] = r.integer(o["max_pages"], (*p, "max_pages"), 0)
+    if "max_pixels" in o:
+        okw["max_pixels"] = r.integer(o["max_pixels"], (*p, "max_pixels"), 1)
+    if "processes" in o:
+        okw["processes"] = r.integer(o["processes"], (*p, "processes"), 0)
+    if "time_budget" in o:
+        okw["time_budget"] = r.conv(o["time_budget"], (*p, "time_budget"), parse_duration)
+    if "engine" in o:
+        okw["engine"] = r.string(o["engine"], (*p, "engine"))
+        if okw["engine"] not in ("tesseract", "rapidocr"):
+            raise r.fail((*p, "engine"), "expected tesseract or rapidocr")
+    return OcrConfig(**okw)
+
+
+def _queue_config(r: _Reader, value: Any) -> QueueConfig:
+    """``queue:``: ``retry`` is a list of delays, or ``{base, max}`` for doubling
+    delays from ``base`` up to ``max``."""
+    q = r.mapping(value, ("queue",), {"retry", "max_age", "delay_notice_after"})
+    qkw: dict[str, Any] = {}
+    if "retry" in q:
+        spec = q["retry"]
+        if isinstance(spec, dict):
+            m = r.mapping(spec, ("queue", "retry"), {"base", "max"})
+            if "base" not in m:
+                raise r.fail(("queue", "retry"), "missing base")
+            base = r.conv(m["base"], ("queue", "retry", "base"), parse_duration)
+            top = r.conv(m.get("max", "4h"), ("queue", "retry", "max"), parse_duration)
+            if base <= 0 or top < base:
+                raise r.fail(("queue", "retry"), "expected 0 < base <= max")
+            delays = [base]
+            while delays[-1] * 2 < top and len(delays) < 64:
+                delays.append(delays[-1] * 2)
+            delays.append(top)
+            qkw["retry"] = tuple(delays)
+        else:
+            items = spec if isinstance(spec, list) else [spec]
+            if not items:
+                raise r.fail(("queue", "retry"), "expected at least one delay, e.g. [5m, 15m]")
+            qkw["retry"] = tuple(
+                r.conv(v, ("queue", "retry", i), parse_duration) for i, v in enumerate(items)
+            )
+            if any(x <= 0 for x in qkw["retry"]):
+                raise r.fail(("queue", "retry"), "delays must be positive")
+    for key in ("max_age", "delay_notice_after"):
+        if key in q:
+            qkw[key] = r.conv(q[key], ("queue", key), parse_duration)
+    return QueueConfig(**qkw)
 
 
 def _address(r: _Reader, value: Any, path: KeyPath) -> str:

@@ -171,7 +171,8 @@ def test_deb_metadata(deb: Path) -> None:
     assert fields["Package"] == "milter"
     assert fields["Version"].startswith("0.1.0-")
     depends = {d.strip() for d in fields["Depends"].split(",")}
-    assert {"python3.11", "libmagic1", "openssl"} <= depends
+    ocr = {"tesseract-ocr-ind", "tesseract-ocr-eng"}  # OCR of scanned letters
+    assert {"python3.11", "libmagic1", "openssl", *ocr} <= depends
     scripts = sh("dpkg-deb", "-I", str(deb)).stdout
     for script in ("postinst", "prerm", "postrm"):
         assert re.search(rf"\b{script}\s+#!/bin/sh", scripts), scripts

@@ -111,11 +111,13 @@ def make_pipeline(config: GatewayConfig, components: Components) -> Pipeline:
             from milter.app.inspection import InspectionPool
 
             # The inspector's own budget ends the scan cooperatively; this one kills a
-            # process that did not get there.
+            # process that did not get there. OCR has its own processes and budget.
             pipeline.inspection = InspectionPool(
                 pipeline.inspector,
                 size=limits.processes,
                 budget=limits.time_budget + max(1.0, limits.time_budget / 2),
+                ocr_budget=limits.ocr.time_budget if limits.ocr.enabled else 0.0,
+                ocr_processes=limits.ocr.processes,
             )
         pipeline.store = components.store
         pipeline.notifier = GatewayNotifier(

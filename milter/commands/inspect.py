@@ -1,4 +1,10 @@
-"""``milter inspect [--json] FILE.eml``: what the inspector sees, without any policy."""
+"""``milter [-c CONFIG] inspect [--json] FILE.eml``: what the inspector sees, without a verdict.
+
+With a configuration, markings are read with the configured policy's levels, aliases and
+Purview label GUIDs and within the configured limits: exactly what ``milter check`` and
+the gateway see, so the two commands never disagree about a message's classification.
+Without one, the inspector's default scheme and limits apply.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,9 @@ from typing import Any
 
 from milter.commands import CommandError, load_config
 from milter.config import InspectLimits
-from milter.inspect import inspect_message
+from milter.inspect import DEFAULT_SCHEME, LabelScheme, inspect_message
 from milter.inspect.report import to_json, to_text
+from milter.policy.engine import Policy
 
 
 def register(sub: Any) -> None:
@@ -25,14 +32,18 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     limits = InspectLimits()
+    scheme: LabelScheme = DEFAULT_SCHEME
     if args.config:
-        limits = load_config(args).inspect
+        config = load_config(args)
+        limits = config.inspect
+        if config.policy:
+            scheme = Policy.load(list(config.policy), routes=list(config.routes)).scheme
     try:
         with open(args.file, "rb") as fh:
             data = fh.read()
     except OSError as exc:
         raise CommandError(f"{args.file}: {exc.strerror or exc}") from None
-    findings = inspect_message(data, limits=limits)
+    findings = inspect_message(data, scheme=scheme, limits=limits)
     if args.json:
         json.dump(to_json(findings), sys.stdout, ensure_ascii=False, indent=2)
         sys.stdout.write("\n")

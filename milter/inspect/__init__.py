@@ -16,6 +16,7 @@ from milter.inspect.detectors import Detector, run_detectors
 from milter.inspect.errors import LimitReached
 from milter.inspect.findings import Findings
 from milter.inspect.labels import DEFAULT_SCHEME, LabelScheme
+from milter.inspect.ocr import Deferred
 from milter.inspect.scan import Context, scan_message
 
 __all__ = ["DEFAULT_SCHEME", "Detector", "LabelScheme", "inspect_message"]
@@ -27,9 +28,11 @@ def inspect_message(
     scheme: LabelScheme = DEFAULT_SCHEME,
     limits: InspectLimits | None = None,
     detectors: Sequence[Detector] = (),
+    ocr_lane: Deferred | None = None,
 ) -> Findings:
-    """Everything the inspector can see in ``data``, within ``limits``; never raises."""
-    ctx = Context(scheme, limits or InspectLimits())
+    """Everything the inspector can see in ``data``, within ``limits``; never raises.
+    ``ocr_lane`` leaves OCR to other processes (``milter.inspect.ocr.Deferred``)."""
+    ctx = Context(scheme, limits or InspectLimits(), ocr_lane)
     try:
         scan_message(ctx, bytes(data))
     except RecursionError:
@@ -56,4 +59,5 @@ def inspect_message(
         subject=ctx.subject,
         size=len(data),
         text=text,
+        drafts=tuple(ctx.drafts),
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import datetime
-import itertools
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -76,22 +75,29 @@ def _real_date(year: int, month: int, day: int) -> bool:
     return True
 
 
+_UP = "0123456789" * 4
+_DOWN = "9876543210" * 4
+
+
 def _degenerate(digits: str) -> bool:
     """All one digit, or a run up or down (1234567890...): typed by hand, not issued."""
-    if len(set(digits)) == 1:
-        return True
-    steps = {(int(b) - int(a)) % 10 for a, b in itertools.pairwise(digits)}
-    return steps in ({1}, {9})
+    return digits == digits[0] * len(digits) or digits in _UP or digits in _DOWN
 
 
 def valid_nik(digits: str) -> bool:
-    """A 16-digit NIK: province, regency, district codes, a birth date (day + 40 for women)."""
+    """A 16-digit NIK, checked field by field (Permendagri on the NIK structure).
+
+    Province from the list of province codes; regency a kabupaten (01-40: no province has
+    more) or a kota (71-79); district non-zero; date of birth DDMMYY forming a real date,
+    with 40 added to the day for women; serial not 0000. About 1% of random 16-digit
+    numbers still pass, which is why each value also gets a confidence.
+    """
     if len(digits) != 16 or not digits.isdigit() or _degenerate(digits):
         return False
     if int(digits[0:2]) not in NIK_PROVINCES:
         return False
     regency, district = int(digits[2:4]), int(digits[4:6])
-    if not 1 <= regency <= 79 or district == 0:
+    if not (1 <= regency <= 40 or 71 <= regency <= 79) or district == 0:
         return False
     day, month, year = int(digits[6:8]), int(digits[8:10]), int(digits[10:12])
     if day > 40:
@@ -170,14 +176,28 @@ def valid_card(digits: str) -> bool:
     """A payment card number: a known issuer prefix with its length, and Luhn."""
     if not 13 <= len(digits) <= 19 or not digits.isdigit() or _degenerate(digits):
         return False
-    if not any(digits.startswith(p) and len(digits) in lengths for p, lengths in _CARD_PREFIXES):
+    if not any(len(digits) in _CARD_TABLE.get(digits[:k], ()) for k in (1, 2, 3, 4)):
         return False
     return luhn(digits)
 
 
+# Issuer prefixes by their digits, for one lookup per prefix length instead of a scan
+# of the ~600 prefixes for every candidate.
+_CARD_TABLE: dict[str, tuple[int, ...]] = {}
+for _prefix, _lengths in _CARD_PREFIXES:
+    _CARD_TABLE[_prefix] = tuple(sorted({*_CARD_TABLE.get(_prefix, ()), *_lengths}))
+
+
 # --- candidates -----------------------------------------------------------------------
 
-_NIK = re.compile(r"(?<![\d.])(?:\d{16}|\d{2}\.\d{4}\.\d{6}\.\d{4})(?![\d]|\.\d)", re.ASCII)
+# Written whole, in the 2.4.6.4 dotted form of printed cards, or in groups of four
+# (``3171 0112 3456 0001``, ``3171.0112.3456.0001``) or 6.6.4 with one separator.
+_NIK = re.compile(
+    r"(?<![\d.])(?:(?:\d{16}|\d{2}\.\d{4}\.\d{6}\.\d{4})(?![\d]|\.\d)"
+    r"|(?<!\d )\d{4}(?P<a>[ .])\d{4}(?P=a)\d{4}(?P=a)\d{4}(?![ .]?\d)"
+    r"|(?<!\d )\d{6}(?P<b>[ .])\d{6}(?P=b)\d{4}(?![ .]?\d))",
+    re.ASCII,
+)
 _NIP = re.compile(r"(?<![\d.])\d{8}[ .]?\d{6}[ .]?\d[ .]?\d{3}(?![\d]|\.\d)", re.ASCII)
 _NPWP = re.compile(
     r"(?<![\d.])(?:\d{2}\.\d{3}\.\d{3}\.\d[-.]\d{3}\.\d{3}|0?\d{15})(?![\d]|[.-]\d)", re.ASCII
@@ -204,7 +224,18 @@ _BUILTINS = (
         "nik",
         _NIK,
         valid_nik,
-        ("nik", "ktp", "e-ktp", "ektp", "nomor induk kependudukan", "kartu tanda penduduk"),
+        (
+            "nik",
+            "ktp",
+            "e-ktp",
+            "ektp",
+            "nomor induk kependudukan",
+            "kartu tanda penduduk",
+            "no. identitas",
+            "no identitas",
+            "nomor identitas",
+            "no. ktp",
+        ),
     ),
     _Builtin("nip", _NIP, valid_nip, ("nip", "nomor induk pegawai")),
     _Builtin("npwp", _NPWP, valid_npwp, ("npwp", "nomor pokok wajib pajak")),
@@ -263,9 +294,78 @@ class _Proximity:
         return i < len(self.starts) and self.starts[i] <= end + PROXIMITY
 
 
+class _Columns:
+    """Columns of a table (CSV, TSV, a worksheet rendered as tab-separated rows) whose
+    header cell is a supporting keyword: every value below such a header is supported,
+    however far down the table it sits."""
+
+    _DELIMITERS = ("\t", ";", ",", "|")
+
+    def __init__(self, text: str, keyword_starts: list[int]) -> None:
+        self.text = text
+        self.line_starts = [0]
+        self.line_starts.extend(m.end() for m in _NEWLINE.finditer(text))
+        # per delimiter: sorted header line numbers and the keyword columns of each
+        self.headers: dict[str, tuple[list[int], list[frozenset[int]]]] = {}
+        found: dict[tuple[str, int], set[int]] = {}
+        cells: dict[int, tuple[int, str, list[str]] | None] = {}
+        for pos in keyword_starts:
+            line = self._line_of(pos)
+            if line not in cells:
+                start, content = self._line(line)
+                d = self._delimiter(content)
+                cells[line] = None if d is None else (start, d, content.split(d, 4096))
+            row = cells[line]
+            if row is None:
+                continue
+            start, delim, values = row
+            col = self.text.count(delim, start, pos)
+            if col >= len(values):
+                continue
+            cell = values[col].strip(" \"'")
+            # A header cell names the column and nothing else: short, no digits.
+            if len(cell) <= 40 and not any(ch.isdigit() for ch in cell):
+                found.setdefault((delim, line), set()).add(col)
+        for (delim, line), cols in sorted(found.items(), key=lambda kv: kv[0][1]):
+            lines, columns = self.headers.setdefault(delim, ([], []))
+            lines.append(line)
+            columns.append(frozenset(cols))
+
+    def _line_of(self, pos: int) -> int:
+        return bisect.bisect_right(self.line_starts, pos) - 1
+
+    def _line(self, index: int) -> tuple[int, str]:
+        start = self.line_starts[index]
+        end = self.line_starts[index + 1] - 1 if index + 1 < len(self.line_starts) else None
+        return start, self.text[start:end]
+
+    def _delimiter(self, content: str) -> str | None:
+        for delim in self._DELIMITERS:
+            if delim in content:
+                return delim
+        return None
+
+    def supported(self, pos: int) -> bool:
+        if not self.headers:
+            return False
+        line = self._line_of(pos)
+        start, content = self._line(line)
+        delim = self._delimiter(content)
+        if delim is None or delim not in self.headers:
+            return False
+        lines, columns = self.headers[delim]
+        i = bisect.bisect_left(lines, line) - 1
+        if i < 0:
+            return False
+        return content.count(delim, 0, pos - start) in columns[i]
+
+
+_NEWLINE = re.compile(r"\n")
+
+
 def _result(name: str, values: dict[str, bool]) -> Detection:
     high = sum(1 for v in values.values() if v)
-    return Detection(name, len(values), "high" if high else "medium", high)
+    return Detection(name, len(values), "high" if high else "low", high)
 
 
 def run_detectors(text: str, extra: Sequence[Detector] = ()) -> dict[str, Detection]:
@@ -275,6 +375,7 @@ def run_detectors(text: str, extra: Sequence[Detector] = ()) -> dict[str, Detect
     nik_values: dict[str, tuple[int, int]] = {}
     for det in _BUILTINS if runs else ():
         prox: _Proximity | None = None
+        columns: _Columns | None = None
         values: dict[str, bool] = {}
         for offset, run in runs:
             for m in det.pattern.finditer(run):
@@ -286,7 +387,14 @@ def run_detectors(text: str, extra: Sequence[Detector] = ()) -> dict[str, Detect
                     nik_values.setdefault(digits, (start, end))
                 if prox is None:
                     prox = _Proximity(text, det.keywords)
-                values[digits] = values.get(digits, False) or prox.near(start, end)
+                if values.get(digits):
+                    continue
+                supported = prox.near(start, end)
+                if not supported and prox.starts:
+                    if columns is None:
+                        columns = _Columns(text, prox.starts)
+                    supported = columns.supported(start)
+                values[digits] = supported
         if det.name == "npwp" and nik_values:
             # An individual's 16-digit NPWP is their NIK: count it when NPWP is named nearby.
             npwp_prox = _Proximity(text, _NPWP_KEYWORDS)

@@ -15,9 +15,11 @@ import html
 import re
 import struct
 import zipfile
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from milter.inspect import bounded
+from milter.inspect import bounded, drafts, labels
 from milter.inspect.errors import DocumentError
 
 _TAG = re.compile(r"<[^>]*>")
@@ -94,7 +96,11 @@ class DocResult:
     """Text and properties of a document, plus flags the scanner turns into Part flags."""
 
     kind: str = ""
-    texts: list[tuple[str, str, bool]] = field(default_factory=list)  # (where, text, marks_all)
+    # (where, text, place): place is one of ``labels.PLACES`` (a document body, a page
+    # header/footer band, a watermark) and decides which marking forms count in it.
+    texts: list[tuple[str, str, str]] = field(default_factory=list)
+    # (where, evidence) of a document visibly not final (clause 2.f).
+    drafts: list[tuple[str, str]] = field(default_factory=list)
     properties: list[tuple[str, str, str]] = field(default_factory=list)  # (where, name, value)
     label_ids: list[tuple[str, str]] = field(default_factory=list)  # (where, guid)
     embedded: list[tuple[str, bytes]] = field(default_factory=list)
@@ -175,6 +181,37 @@ def custom_properties(xml: str) -> list[tuple[str, str]]:
     ]
 
 
+_CORE_FIELDS = (
+    ("dc:title", "Title"),
+    ("dc:subject", "Subject"),
+    ("cp:keywords", "Keywords"),
+    ("dc:description", "Description"),
+    ("cp:category", "Category"),
+    ("cp:contentStatus", "ContentStatus"),
+)
+_TEXTPATH = re.compile(r"<v:textpath\b[^<>]*?\bstring=\"([^\"]{1,200})\"")
+_WORD_BAND = re.compile(r"word/(header|footer)\d*\.xml")
+_SLIDE_BAND = re.compile(r"ppt/(slidemasters/slidemaster|notesmasters/notesmaster)\d*\.xml")
+_SHEET = re.compile(r"xl/worksheets/sheet\d+\.xml")
+_SLIDE = re.compile(r"ppt/slides/slide\d+\.xml|xl/drawings/drawing\d+\.xml")
+
+
+def core_properties(xml: str, fields: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+    """Title, subject, keywords (and status) of ``docProps/core.xml`` or ODF ``meta.xml``."""
+    out = []
+    for tag, name in fields:
+        for _head, content in elements(xml, f"<{tag}", f"</{tag}>")[:8]:
+            value = _tag_free(content)
+            if value:
+                out.append((name, value))
+    return out
+
+
+def watermarks(xml: str) -> str:
+    """Word watermark texts: the ``string`` of VML ``v:textpath`` shapes, one per line."""
+    return "\n".join(html.unescape(m.group(1)) for m in _TEXTPATH.finditer(xml))
+
+
 def read_ooxml(bz: BoundedZip, max_text: int) -> DocResult:
     """docx/xlsx/pptx and their macro variants."""
     res = DocResult(kind="ooxml")
@@ -184,6 +221,10 @@ def read_ooxml(bz: BoundedZip, max_text: int) -> DocResult:
     if xml:
         for name, value in custom_properties(xml):
             res.properties.append(("docProps/custom.xml", name, value))
+    core = bz.text("docProps/core.xml", 1 << 20)
+    if core:
+        for name, value in core_properties(core, _CORE_FIELDS):
+            res.properties.append(("docProps/core.xml", name, value))
     for name in names:
         if name.lower().startswith("docmetadata/") and name.lower().endswith(".xml"):
             info = bz.text(name, 1 << 20) or ""
@@ -197,23 +238,31 @@ def read_ooxml(bz: BoundedZip, max_text: int) -> DocResult:
                     res.label_ids.append((name, attrs["id"]))
     marked: list[str] = []
     body: list[str] = []
+    sheets: list[str] = []
     for name in sorted(names, key=_sort_key):
         low = name.lower()
-        if re.fullmatch(r"word/(header|footer)\d*\.xml", low) or re.fullmatch(
-            r"ppt/(slidemasters/slidemaster|notesmasters/notesmaster)\d*\.xml", low
-        ):
+        if _WORD_BAND.fullmatch(low) or _SLIDE_BAND.fullmatch(low):
             marked.append(name)
+        elif _SHEET.fullmatch(low):
+            sheets.append(name)
         elif low in (
             "word/document.xml",
-            "xl/sharedstrings.xml",
             "word/footnotes.xml",
-        ) or re.fullmatch(r"ppt/slides/slide\d+\.xml|xl/worksheets/sheet\d+\.xml", low):
+        ) or _SLIDE.fullmatch(low):
             body.append(name)
         elif re.fullmatch(r"(word|xl|ppt)/embeddings/[^/]+", low):
             data = bz.read(name)
             if data is not None:
                 res.embedded.append((name.rsplit("/", 1)[1], data))
     used = 0
+
+    def keep(where: str, text: str, place: str) -> None:
+        nonlocal used
+        if text.strip():
+            res.texts.append((where, text[: max(0, max_text - used)], place))
+            used += len(text)
+            res.text_cut = res.text_cut or used > max_text
+
     for name in marked + body:
         if used >= max_text:
             res.text_cut = True  # this part and those after it are left unread
@@ -221,39 +270,196 @@ def read_ooxml(bz: BoundedZip, max_text: int) -> DocResult:
         part = bz.text(name)
         if part is None:
             continue
-        if name.lower().startswith("xl/worksheets/"):
-            cells = elements(part, "<is", "</is>")
-            part = "".join(f"<is>{content}</is>" for head, content in cells if not head)
-        text = xml_text(part)
-        if text.strip():
-            res.texts.append((name, text[: max_text - used], name in marked))
-            used += len(text)
-            res.text_cut = res.text_cut or used > max_text
+        marks = watermarks(part) if "v:textpath" in part else ""
+        if marks:
+            res.texts.append((name, marks, labels.WATERMARK))
+        if name == "word/document.xml":
+            comments = (
+                bz.text("word/comments.xml", 4 << 20) if "word/comments.xml" in names else None
+            )
+            for evidence in drafts.word_evidence(part, comments):
+                res.drafts.append((name, evidence))
+        keep(name, xml_text(part), labels.BAND if name in marked else labels.DOCUMENT)
+    if sheets or "xl/sharedStrings.xml" in names:
+        _read_sheets(bz, sheets, res, max_text - used, keep)
     res.unread.extend(bz.cut)
     return res
 
 
+# SpreadsheetML header/footer codes: ``&L``/``&C``/``&R`` start a section, ``&"Font,Bold"``,
+# ``&12``, ``&K``colour and field codes (``&P`` page, ``&D`` date ...) are formatting.
+_HF_CODE = re.compile(r'&(?:"[^"]*"|\d+|K[0-9A-Fa-f]{6}|K\d\d[+-]\d{3}|([LCR])|[A-Za-z]|(&))')
+_HF_ELEMENTS = ("oddHeader", "oddFooter", "evenHeader", "evenFooter", "firstHeader", "firstFooter")
+
+
+def sheet_header_footer(value: str) -> str:
+    """The printed text of an xlsx page header or footer, one line per section."""
+
+    def code(m: re.Match[str]) -> str:
+        if m.group(1):
+            return "\n"
+        return "&" if m.group(2) else ""
+
+    return _HF_CODE.sub(code, value)
+
+
+def children(xml: str, tag: str) -> Iterator[tuple[str, str]]:
+    """``(start tag, content)`` of each ``<tag ...>`` element, self-closing ones included
+    (with empty content), in one forward pass."""
+    pos = 0
+    opener = f"<{tag}"
+    closer = f"</{tag}>"
+    while True:
+        start = xml.find(opener, pos)
+        if start == -1:
+            return
+        after = start + len(opener)
+        if after < len(xml) and (xml[after].isalnum() or xml[after] in "_:"):
+            pos = after
+            continue
+        edge = _TAG_EDGE.search(xml, after)
+        if edge is None or edge.group() == "<":
+            if edge is None:
+                return
+            pos = edge.start()
+            continue
+        head = xml[after : edge.start()]
+        if head.endswith("/"):
+            yield head, ""
+            pos = edge.end()
+            continue
+        close = xml.find(closer, edge.end())
+        if close == -1:
+            return
+        yield head, xml[edge.end() : close]
+        pos = close + len(closer)
+
+
+_CELL_REF = re.compile(r'(?<!\w)r="([A-Z]{1,3})\d*"')
+_CELL_TYPE = re.compile(r'(?<!\w)t="(\w+)"')
+
+
+def _column(ref: str) -> int:
+    n = 0
+    for ch in ref:
+        n = n * 26 + ord(ch) - 64
+    return n - 1
+
+
+def _read_sheets(
+    bz: BoundedZip,
+    sheets: list[str],
+    res: DocResult,
+    room: int,
+    keep: Callable[[str, str, str], None],
+) -> None:
+    """Worksheets as rows of tab-separated cells, shared strings resolved and numbers
+    kept (a NIK column is a column of numbers), so a column header stays above its
+    values; page headers and footers as bands. Without worksheets, the shared strings."""
+    shared_xml = bz.text("xl/sharedStrings.xml") or ""
+    shared = [xml_text(content) for _h, content in children(shared_xml, "si")]
+    if not sheets:
+        keep("xl/sharedStrings.xml", "\n".join(shared), labels.DOCUMENT)
+        return
+    for name in sheets:
+        if room <= 0:
+            res.text_cut = True
+            return
+        xml = bz.text(name)
+        if xml is None:
+            continue
+        bands = []
+        for tag in _HF_ELEMENTS:
+            for _h, content in children(xml, tag):
+                bands.append(sheet_header_footer(html.unescape(content)))
+        if bands:
+            keep(name, "\n".join(bands), labels.BAND)
+        lines: list[str] = []
+        size = 0
+        for _h, row in children(xml, "row"):
+            cells: list[str] = []
+            row_size = 0
+            for head, content in children(row, "c"):
+                ref = _CELL_REF.search(head)
+                if ref is not None:
+                    col = _column(ref.group(1))
+                    if col < 16384 and col > len(cells):
+                        row_size += col - len(cells)
+                        cells.extend([""] * (col - len(cells)))
+                kind = _CELL_TYPE.search(head)
+                t = kind.group(1) if kind else "n"
+                if t == "inlineStr":
+                    value = xml_text(content)
+                else:
+                    v = elements(content, "<v", "</v>")
+                    value = html.unescape(v[0][1]) if v else ""
+                    if t == "s" and value.strip().isdigit():
+                        i = int(value)
+                        value = shared[i] if i < len(shared) else ""
+                cells.append(" ".join(value[:32768].split()))
+                row_size += len(cells[-1]) + 1
+                if size + row_size > room:
+                    break  # one shared string repeated in every cell must not blow up
+            line = "\t".join(cells).rstrip("\t")
+            lines.append(line)
+            size += row_size + 1  # padding counts: empty rows and columns are work too
+            if size > room:
+                res.text_cut = True
+                break
+        text = "\n".join(lines)
+        keep(name, text, labels.DOCUMENT)
+        room -= len(text)
+
+
+_ODF_META = (
+    ("dc:title", "Title"),
+    ("dc:subject", "Subject"),
+    ("meta:keyword", "Keywords"),
+    ("dc:description", "Description"),
+)
+_WATERMARK_SHAPE = re.compile(r"<draw:custom-shape\b[^<>]*WaterMark", re.IGNORECASE)
+
+
 def read_odf(bz: BoundedZip, max_text: int) -> DocResult:
-    """OpenDocument text, spreadsheet, presentation: user-defined meta fields and text."""
+    """OpenDocument text, spreadsheet, presentation: meta fields, text, review traces."""
     res = DocResult(kind="odf")
     meta = bz.text("meta.xml", 1 << 20)
     if meta:
         for name, value in named_elements(meta, "meta:user-defined", "meta:name"):
             res.properties.append(("meta.xml", html.unescape(name), _tag_free(value)))
+        for name, value in core_properties(meta, _ODF_META):
+            res.properties.append(("meta.xml", name, value))
     res.macro = any(
         n.startswith("Basic/") and n.endswith(".xml") and "script-lb" not in n for n in bz.names
     )
-    for name, marks_all in (("styles.xml", True), ("content.xml", False)):
+    for name, place in (("styles.xml", labels.BAND), ("content.xml", labels.DOCUMENT)):
         xml = bz.text(name)
         if xml:
             if name == "styles.xml":
                 xml = "".join(_headers_footers(xml))
+            else:
+                for evidence in drafts.odf_evidence(xml):
+                    res.drafts.append((name, evidence))
+            marks = _odf_watermarks(xml)
+            if marks:
+                res.texts.append((name, marks, labels.WATERMARK))
             text = xml_text(xml)
             if text.strip():
-                res.texts.append((name, text[:max_text], marks_all))
+                res.texts.append((name, text[:max_text], place))
                 res.text_cut = res.text_cut or len(text) > max_text
     res.unread.extend(bz.cut)
     return res
+
+
+def _odf_watermarks(xml: str) -> str:
+    """Text of LibreOffice watermark shapes (``draw:custom-shape`` named ...WaterMark...)."""
+    out = []
+    for m in _WATERMARK_SHAPE.finditer(xml):
+        end = xml.find("</draw:custom-shape>", m.end())
+        if end == -1:
+            break  # no closer left: searching again from each opener would rescan
+        out.append(_tag_free(xml[m.end() : end].split(">", 1)[-1]))
+    return "\n".join(out)
 
 
 _STYLE_EDGE = re.compile(r"<style:(?:header|footer)\b|</style:(?:header|footer)>")
@@ -273,6 +479,86 @@ def _headers_footers(xml: str) -> list[str]:
         elif start == -1:
             start = m.start()
     return out
+
+
+# --- PDF document information ---------------------------------------------------------
+
+_PDF_INFO = re.compile(
+    rb"/(Title|Subject|Keywords)\s*(\((?:\\.|[^\\)]){0,400}\)|<[0-9A-Fa-f\s]{0,800}>)"
+)
+
+
+def pdf_info_fields(data: bytes) -> list[tuple[str, str, str]]:
+    """Title, Subject and Keywords of a PDF's document information, as
+    ``(where, name, value)``, from the file and its compressed object streams."""
+    from milter.inspect.pdf import pdf_string
+
+    out: list[tuple[str, str, str]] = []
+    for blob in drafts.pdf_dictionaries(data):
+        for m in _PDF_INFO.finditer(blob):
+            value = pdf_string(m.group(2)).strip()
+            entry = ("info", m.group(1).decode(), value)
+            if value and entry not in out and len(out) < 16:
+                out.append(entry)
+    return out
+
+
+_PDF_STREAM = re.compile(rb"stream\r?\n")
+_PDF_STRING = re.compile(rb"\((?:\\.|[^\\)]){0,400}\)|<[0-9A-Fa-f\s]{2,800}>")
+_MAX_WATERMARK_STREAMS = 64
+_MAX_WATERMARK_BYTES = 2 << 20
+
+
+def pdf_watermarks(data: bytes) -> str:
+    """Text a PDF marks as a watermark, one string per line: marked content
+    ``/Artifact << /Subtype /Watermark >> BDC ... EMC`` in page content, and Form XObjects
+    an editor tags as watermarks (Acrobat's ``/PieceInfo`` ``/Watermark``). Fonts with
+    plain encodings only; a watermark in an embedded CID font reads as nothing here."""
+    if b"Watermark" not in data and b"FlateDecode" not in data:
+        return ""
+    from milter.inspect.pdf import pdf_string
+
+    out: list[str] = []
+    budget = _MAX_WATERMARK_BYTES
+    pos = 0
+    for _ in range(_MAX_WATERMARK_STREAMS * 4):
+        m = _PDF_STREAM.search(data, pos)
+        if m is None or budget <= 0 or len(out) >= 16:
+            break
+        end = data.find(b"endstream", m.end())
+        if end == -1:
+            break
+        pos = end + 9
+        head = data[max(0, m.start() - 512) : m.start()]
+        head = head[head.rfind(b"<<") :] if b"<<" in head else head
+        if b"/Image" in head or b"/DCTDecode" in head or b"/EmbeddedFile" in head:
+            continue
+        raw = data[m.end() : end]
+        if b"/FlateDecode" in head:
+            try:
+                body = zlib.decompressobj().decompress(raw, budget)
+            except zlib.error:
+                continue
+        else:
+            body = raw[:budget]
+        budget -= len(body)
+        if b"/Watermark" in head:
+            sections = [body]
+        else:
+            sections = []
+            at = body.find(b"/Watermark")
+            while at != -1 and len(sections) < 8:
+                stop = body.find(b"EMC", at)
+                sections.append(body[at : stop if stop != -1 else len(body)])
+                if stop == -1:
+                    break
+                at = body.find(b"/Watermark", stop)
+        for section in sections:
+            words = [pdf_string(t) for t in _PDF_STRING.findall(section)[:64]]
+            text = "".join(w for w in words if w.isprintable()).strip()
+            if text:
+                out.append(text)
+    return "\n".join(out)
 
 
 # --- OLE compound files -----------------------------------------------------------

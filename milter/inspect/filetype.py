@@ -36,8 +36,35 @@ def sniff(data: bytes) -> str:
     try:
         found = _magic().from_buffer(data[:SNIFF_BYTES])
     except (magic.MagicException, ValueError, OSError):
-        return "application/octet-stream"
-    return str(found).split(";")[0].strip().lower() or "application/octet-stream"
+        found = ""
+    found = str(found).split(";")[0].strip().lower() or "application/octet-stream"
+    if found == "application/octet-stream":
+        return by_signature(data) or found
+    return found
+
+
+# Formats the inspector opens, told by their leading bytes where libmagic is unsure (a
+# truncated 7z, a RAR or OLE file whose first sector is damaged, DER-encoded CMS, which
+# libmagic does not know, a TNEF stream).
+_SIGNATURES = (
+    (b"7z\xbc\xaf\x27\x1c", "application/x-7z-compressed"),
+    (b"Rar!\x1a\x07", "application/vnd.rar"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "application/x-ole-storage"),
+    (b"{\\rtf", "text/rtf"),
+    (b"\x78\x9f\x3e\x22", "application/vnd.ms-tnef"),
+)
+# ContentInfo: SEQUENCE, then the OID 1.2.840.113549.1.7.x (PKCS #7 / CMS content types).
+_CMS_OID = b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07"
+
+
+def by_signature(data: bytes) -> str | None:
+    """The type of a format the inspector reads, from its signature bytes alone."""
+    for prefix, found in _SIGNATURES:
+        if data.startswith(prefix):
+            return found
+    if data[:1] == b"\x30" and _CMS_OID in data[2 : 8 + len(_CMS_OID)]:
+        return "application/pkcs7-mime"
+    return None
 
 
 # Binary formats whose signature is plain ASCII: text that starts like one of them is
@@ -219,6 +246,10 @@ _TYPE_KIND = {
     "application/x-xz": "xz",
     "application/vnd.ms-tnef": "tnef",
     "application/ms-tnef": "tnef",
+    "application/pkcs7-mime": "cms",
+    "application/x-pkcs7-mime": "cms",
+    "application/pkcs7-signature": "cms",
+    "application/x-pkcs7-signature": "cms",
     "message/rfc822": "message",
 }
 
@@ -290,6 +321,10 @@ _EXT_KIND = {
     "mp4": {"video"},
     "mov": {"video"},
     "dat": set(),  # winmail.dat and friends: no claim
+    # S/MIME: DER, or the same base64-encoded once more by the sending tool
+    "p7m": {"cms", "text"},
+    "p7s": {"cms", "text"},
+    "p7c": {"cms", "text"},
 }
 
 _DECLARED_KIND = {
@@ -313,6 +348,11 @@ _DECLARED_KIND = {
     "application/x-7z-compressed": {"7z"},
     "application/x-rar-compressed": {"rar"},
     "application/vnd.rar": {"rar"},
+    "application/x-rar": {"rar"},
+    "application/pkcs7-mime": {"cms", "text"},
+    "application/x-pkcs7-mime": {"cms", "text"},
+    "application/rtf": {"rtf", "text"},
+    "text/rtf": {"rtf", "text"},
 }
 
 

@@ -19,6 +19,7 @@ SIGNED = "signed"  # S/MIME or PGP signature structure
 UNSCANNABLE = "unscannable"  # could not be fully examined; see Part.reason
 ARCHIVE = "archive"  # zip, tar, gz, 7z, rar ...
 ATTACHMENT = "attachment"  # a file (as opposed to a body text part)
+IMAGE_ONLY = "image_only"  # an image or a PDF page without text: only OCR reads it
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,41 @@ class Label:
     raw: str
     source: str
     level: str | None = None
+    # The position and form that made the text a marking ("letter header field Sifat",
+    # "subject tag", "page header line", "document property Title", "watermark" ...).
+    why: str = ""
+    # Read by OCR: where on the scan and how sure the engine was; None for written text.
+    ocr: OcrSpot | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"raw": self.raw, "source": self.source, "level": self.level}
+        d: dict[str, Any] = {
+            "raw": self.raw,
+            "source": self.source,
+            "level": self.level,
+            "why": self.why,
+        }
+        if self.ocr is not None:
+            d["ocr"] = self.ocr.to_dict()
+        return d
+
+
+@dataclass(frozen=True)
+class OcrSpot:
+    """Where a label read by OCR sat: page (from 1), band (``top`` or ``bottom``, where
+    Perka ANRI 17/2011 puts markings, or ``page`` for the rest) and the engine's
+    confidence (0..1) in the line. In JSON: ``{"source": "ocr", "page", "band", ...}``."""
+
+    page: int
+    band: str
+    confidence: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": "ocr",
+            "page": self.page,
+            "band": self.band,
+            "confidence": round(self.confidence, 2),
+        }
 
 
 @dataclass(frozen=True)
@@ -82,11 +115,36 @@ class Detection:
 
     name: str  # "nik", "nip", "npwp", "card", or a policy-supplied name
     count: int  # distinct valid values
-    confidence: str  # "high" (supporting keyword within 300 chars) or "medium"
+    confidence: str  # "high" (a supporting keyword near some value) or "low"
     high_count: int = 0  # distinct values that had a supporting keyword nearby
 
+    @property
+    def low_count(self) -> int:
+        """Distinct values found without a supporting keyword nearby."""
+        return self.count - self.high_count
+
     def to_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "confidence": self.confidence, "high_count": self.high_count}
+        return {
+            "count": self.count,
+            "confidence": self.confidence,
+            "high_count": self.high_count,
+            "low_count": self.low_count,
+        }
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A document visibly not final (clause 2.f): tracked changes, comments, a draft marking.
+
+    ``evidence`` says what was seen (``3 tracked insertions``, ``marking line KONSEP``,
+    ``review annotation Highlight``); ``source`` is where, as for labels.
+    """
+
+    source: str
+    evidence: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "evidence": self.evidence}
 
 
 @dataclass(frozen=True)
@@ -110,6 +168,7 @@ class Findings:
     subject: str = ""
     size: int = 0
     text: str = ""
+    drafts: tuple[Draft, ...] = ()
 
     @property
     def attachments(self) -> tuple[Part, ...]:
@@ -128,4 +187,5 @@ class Findings:
             "unscannable": list(self.unscannable),
             "subject": self.subject,
             "size": self.size,
+            "drafts": [d.to_dict() for d in self.drafts],
         }

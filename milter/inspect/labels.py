@@ -136,17 +136,75 @@ DEFAULT_SCHEME = LabelScheme(
 
 # --- where markings live ------------------------------------------------------------
 
+# Why a marking counted: every label finding names the position and form that made a
+# level word a marking, so an officer can tell a letter header from a subject tag.
+WHY_SUBJECT = "subject tag"
+WHY_FORWARDED = "forwarded subject line"
+WHY_BODY_LINE = "marking line at the top or bottom of the body"
+WHY_DOCUMENT_LINE = "marking line in the document"
+WHY_HEADER_LINE = "page header or footer line"
+WHY_PAGE_HEADER = "page header line"
+WHY_PAGE_FOOTER = "page footer line"
+WHY_WATERMARK = "watermark"
+WHY_LABEL_HEADER = "label header"
+WHY_SENSITIVITY_LABEL = "sensitivity label"
+
+
+def why_letter_field(field_name: str) -> str:
+    return f"letter header field {field_name}"
+
+
+def why_property(name: str) -> str:
+    return f"document property {name}"
+
+
+@dataclass(frozen=True)
+class Marking:
+    """One marking: what was written, its level, and the position and form that made it one."""
+
+    raw: str
+    level: str | None
+    why: str = ""
+
+
 # Possessive runs of blanks: with two ``\s*`` side by side around an optional ``[n]``,
 # a failed match retried every split of a long run of blanks (quadratic in its length).
 _REPLY_PREFIX = (
-    r"(?:(?:re|fw|fwd|aw|wg|tr|rv|sv|vs|bls|balas|trs|teruskan)\s*+(?:\[\d+\]\s*+)?:\s*+)*"
+    r"(?:(?:re|fw|fwd|aw|wg|tr|rv|sv|vs|bls|balas|trs|teruskan)\s*+(?:\[\d+\]\s*+)?:\s*+)"
 )
+
+# Words of official correspondence: a level word in a tag counts as a marking when it
+# is written in capitals, or when the subject around it names official business. A
+# title-case "[Terbatas] Voucher" or "Rahasia: 7 Cara Hemat" is advertising.
+_OFFICIAL = re.compile(
+    r"(?<!\w)(?:nota(?:\s+dinas)?|surat|undangan|laporan|memo(?:randum)?|telaah(?:an)?|"
+    r"disposisi|berita\s+acara|keputusan|peraturan|rapat|notulen(?:si)?|risalah|kajian|"
+    r"rancangan|konsep|dokumen|anggaran|rencana|permohonan|pemberitahuan|instruksi|edaran|"
+    r"perintah|lampiran|paparan|bahan|evaluasi|audit|pemeriksaan|rekap(?:itulasi)?|daftar|"
+    r"usulan|tindak\s+lanjut|pengadaan|kontrak|perjanjian|naskah|kebijakan|data|hasil|sk|"
+    r"spt|apbd|apbn|dpa|rka|lhp|nomor|report|minutes|meeting|agenda|budget|document|"
+    r"contract|draft|briefing|proposal|letter|pegawai|personel|kepegawaian)(?!\w)",
+    re.IGNORECASE,
+)
+# Advertising and click-bait around a level word: shop badges ("stok TERBATAS"),
+# vouchers, "7 cara hemat". Such a text is never a marking, whatever its case.
+_COMMERCIAL = re.compile(
+    r"(?<!\w)(?:voucher|diskon|promo|gratis|cashback|sale|flash|murah|hemat|belanja|"
+    r"kupon|potongan|cara|tips|trik|kuota|penawaran|ongkir|checkout|keranjang|stok|"
+    r"beli\s+sekarang|shop|toko)(?!\w)",
+    re.IGNORECASE,
+)
+
+
+def _is_commercial(text: str) -> bool:
+    return _COMMERCIAL.search(text) is not None
 
 
 @dataclass(frozen=True)
 class _SubjectPatterns:
     head: re.Pattern[str]
     tail: re.Pattern[str]
+    alone: re.Pattern[str]
 
 
 _SUBJECT_CACHE: dict[tuple[str, ...], _SubjectPatterns] = {}
@@ -164,32 +222,63 @@ def _subject_patterns(scheme: LabelScheme) -> _SubjectPatterns:
     found = _SUBJECT_CACHE.get(key)
     if found is None:
         alt = _name_alternation(scheme)
+        # Reply prefixes and other bracketed tags ([EXTERNAL], [EKSTERNAL]) before the
+        # marking, in any order; a bracketed level is never taken for one of them.
+        lead = rf"^\s*+(?:{_REPLY_PREFIX}|\[(?!\s*(?:{alt})\s*\])[^\[\]]{{1,40}}\]\s*+)*+"
+        tag = rf"\[\s*(?P<b>{alt})\s*\]|\(\s*(?P<p>{alt})\s*\)|\*++\s*(?P<s>{alt})\s*\*++"
         head = re.compile(
-            rf"^\s*+{_REPLY_PREFIX}(?:\[\s*(?P<b>{alt})\s*\]|\(\s*(?P<p>{alt})\s*\)|(?P<c>{alt})\s*:)",
+            rf"{lead}(?:{tag}|(?P<c>{alt})\s*+(?::|[\-–|]\s))",
             re.IGNORECASE,
         )
-        tail = re.compile(rf"(?:\[\s*(?P<b>{alt})\s*\]|\(\s*(?P<p>{alt})\s*\))\s*$", re.IGNORECASE)
-        found = _SubjectPatterns(head, tail)
+        tail = re.compile(
+            rf"(?:{tag}|\s[\-–|:]\s*+(?P<c>{alt}))\s*$",
+            re.IGNORECASE,
+        )
+        alone = re.compile(rf"{lead}(?P<c>{alt})\s*$", re.IGNORECASE)
+        found = _SubjectPatterns(head, tail, alone)
         if len(_SUBJECT_CACHE) > 64:
             _SUBJECT_CACHE.clear()
         _SUBJECT_CACHE[key] = found
     return found
 
 
-def subject_markings(subject: str, scheme: LabelScheme) -> list[str]:
-    """Raw markings at the start or end of a subject: ``[RAHASIA]``, ``(TERBATAS)``, ``RAHASIA:``.
+def _tag_counts(raw: str, rest: str) -> bool:
+    """A level in a tag position is a marking when written in capitals or beside official
+    wording, and never beside advertising."""
+    if _is_commercial(rest):
+        return False
+    if raw.isupper():
+        return True
+    return _OFFICIAL.search(rest) is not None
 
-    Only bracketed or colon-terminated levels count; a level word in the middle of a
-    subject is prose.
+
+def subject_markings(subject: str, scheme: LabelScheme) -> list[str]:
+    """Raw markings in the tag positions of a subject.
+
+    ``[RAHASIA] ...``, ``(TERBATAS) ...``, ``*RAHASIA*``, ``RAHASIA: ...``, ``RAHASIA -
+    ...`` at the start (after reply prefixes and tags such as ``[EXTERNAL]``), and
+    ``... [RAHASIA]``, ``... - RAHASIA`` at the end. A level word in the middle of a
+    subject is prose, and so is a tag beside advertising or, unless written in capitals,
+    a tag without official wording around it.
     """
+    if not subject:
+        return []
     pats = _subject_patterns(scheme)
     found: list[str] = []
-    for pat in (pats.head, pats.tail):
-        m = pat.search(subject)
-        if m:
-            raw = m.group("b") or m.group("p") or m.group("c") or ""
-            if raw and raw not in found:
-                found.append(raw)
+    m = pats.alone.search(subject)
+    if m and m.group("c").isupper():
+        found.append(m.group("c"))
+        return found
+    m = pats.head.search(subject)
+    if m:
+        raw = m.group("b") or m.group("p") or m.group("s") or m.group("c") or ""
+        if raw and _tag_counts(raw, subject[m.end() :]):
+            found.append(raw)
+    m = pats.tail.search(subject)
+    if m:
+        raw = m.group("b") or m.group("p") or m.group("s") or m.group("c") or ""
+        if raw and raw not in found and _tag_counts(raw, subject[: m.start()]):
+            found.append(raw)
     return found
 
 
@@ -200,35 +289,329 @@ def marking_lines(text: str, scheme: LabelScheme, *, window: int = 8) -> list[st
     """Lines that consist only of a level in capitals, near the top or bottom of a text.
 
     This is how documents and letters are marked (a ``RAHASIA`` line above the title
-    or in the footer). Lower- or mixed-case lines are prose and do not count.
+    or in the footer). Lower- or mixed-case lines are prose and do not count, and a
+    level line among advertising (a shop's ``TERBATAS`` badge) is not a marking.
     """
-    lines: list[str] = []
-    head = 0
-    for line in text.splitlines():
-        stripped = line.strip(_LINE_TRIM)
-        if not stripped:
-            continue
-        lines.append(stripped)
-        head += 1
-        if head > 20000:
-            break
-    if len(lines) > 2 * window:
-        lines = lines[:window] + lines[-window:]
-    found: list[str] = []
-    for stripped in lines:
-        if len(stripped) > 40 or stripped != stripped.upper() or not stripped.isupper():
-            continue
-        if scheme.resolve(stripped) is not None and stripped not in found:
-            found.append(stripped)
+    span = None if window >= 1 << 20 else window
+    return [m.raw for m in _lone_lines(text, scheme, window=span, any_case=False, why="")]
+
+
+_LINE_CLASS = "[" + re.escape(_LINE_TRIM + "\f\v") + "]"
+_LINE_CACHE: dict[tuple[str, ...], re.Pattern[str]] = {}
+
+
+def _line_pattern(scheme: LabelScheme) -> re.Pattern[str]:
+    """A line holding a level and nothing else but trimming punctuation, in any case (the
+    caller judges the case). It starts with the newline before the line (the text is
+    searched with one put in front), so the engine jumps from line to line."""
+    key = scheme.names
+    found = _LINE_CACHE.get(key)
+    if found is None:
+        alt = "|".join(
+            r"[ \t_\-]+".join(re.escape(w) for w in name.split(" ")) for name in scheme.names
+        )
+        found = re.compile(rf"\n{_LINE_CLASS}*+(?P<m>{alt}){_LINE_CLASS}*+(?=\n|\Z)", re.IGNORECASE)
+        if len(_LINE_CACHE) > 64:
+            _LINE_CACHE.clear()
+        _LINE_CACHE[key] = found
     return found
 
 
-@dataclass(frozen=True)
-class Marking:
-    """One marking read from a header or property: what was written and its level."""
+def _lone_lines(
+    text: str,
+    scheme: LabelScheme,
+    *,
+    window: int | None,
+    any_case: bool,
+    why: str,
+    names_only: bool = False,
+) -> list[Marking]:
+    """Lines that are a level alone, judged by case, by position (``window``: only the
+    first and last non-empty lines; None: anywhere) and by the advertising around them."""
+    found: list[Marking] = []
+    seen: set[str] = set()
+    if window is not None:
+        lines = text.splitlines()
+        ends = _ends(lines, window)
+        for i in ends:
+            context = " ".join(_near(lines, i))
+            raw = lines[i].strip(_LINE_TRIM)
+            _judge(raw, context, scheme, any_case=any_case, why=why, found=found, seen=seen)
+        return found
+    padded = "\n" + text
+    for count, m in enumerate(_line_pattern(scheme).finditer(padded)):
+        if count >= 256:
+            break
+        if names_only and normalise(m.group("m")) not in _level_names(scheme):
+            continue
+        context = _around(padded, m.start(), m.end())
+        _judge(m.group("m"), context, scheme, any_case=any_case, why=why, found=found, seen=seen)
+    return found
 
-    raw: str
-    level: str | None
+
+def _level_names(scheme: LabelScheme) -> frozenset[str]:
+    return frozenset(normalise(level) for level in scheme.levels)
+
+
+def _judge(
+    raw: str,
+    context: str,
+    scheme: LabelScheme,
+    *,
+    any_case: bool,
+    why: str,
+    found: list[Marking],
+    seen: set[str],
+) -> None:
+    if not raw or len(raw) > 40 or raw in seen:
+        return
+    if not (raw.isupper() or (any_case and raw.istitle())):
+        return
+    level = scheme.resolve(raw)
+    if level is None or (not any_case and _is_commercial(context)):
+        return
+    seen.add(raw)
+    found.append(Marking(raw, level, why))
+
+
+def _ends(lines: list[str], window: int) -> list[int]:
+    """Indexes of the first and last ``window`` non-empty lines, in order."""
+    head: list[int] = []
+    for i, line in enumerate(lines):
+        if line.strip(_LINE_TRIM):
+            head.append(i)
+            if len(head) == window:
+                break
+    tail: list[int] = []
+    stop = head[-1] if head else -1
+    for i in range(len(lines) - 1, stop, -1):
+        if lines[i].strip(_LINE_TRIM):
+            tail.append(i)
+            if len(tail) == window:
+                break
+    return head + tail[::-1]
+
+
+def _near(lines: list[str], i: int, span: int = 3) -> list[str]:
+    """Up to ``span`` non-empty lines before and after line ``i``, and the line."""
+    before: list[str] = []
+    for j in range(i - 1, -1, -1):
+        if lines[j].strip(_LINE_TRIM):
+            before.append(lines[j])
+            if len(before) == span:
+                break
+    after: list[str] = []
+    for j in range(i + 1, len(lines)):
+        if lines[j].strip(_LINE_TRIM):
+            after.append(lines[j])
+            if len(after) == span:
+                break
+    return [*before[::-1], lines[i], *after]
+
+
+def _around(text: str, start: int, end: int, span: int = 3) -> str:
+    """The text from ``span`` lines before a match to ``span`` lines after it."""
+    lo = start
+    for _ in range(span + 1):
+        lo = text.rfind("\n", 0, lo)
+        if lo <= 0:
+            lo = 0
+            break
+    hi = end
+    for _ in range(span + 1):
+        hi = text.find("\n", hi + 1)
+        if hi == -1:
+            hi = len(text)
+            break
+    return text[lo:hi]
+
+
+# ``Sifat : Rahasia``, ``Klasifikasi : RAHASIA`` at the start of a line; the key and
+# its value may sit in table cells (one per line, the value's line starting with a tab)
+# and the colon anywhere between, with any spacing.
+# Each pattern starts with a newline (the text is searched with one put in front), so
+# the regular expression engine jumps from line to line instead of trying every position.
+_LETTER_FIELD = re.compile(
+    r"\n[ \t>*|]*+(?P<key>sifat(?:[ \t]+surat)?|(?:derajat[ \t]+|tingkat[ \t]+)?klasifikasi"
+    r"(?:[ \t]+keamanan)?|security[ \t]+classification|classification)"
+    r"[ \t]*+(?:\n[ \t]*+)?(?::|\t)[ \t:]*+(?:\n[ \t]*+)?(?P<value>[^\n]{1,80}?)[ \t\r]*(?=\n|\Z)",
+    re.IGNORECASE,
+)
+_FIELD_SPLIT = re.compile(r"\s*(?:[/,;&+]|\s-\s|\s(?:dan|and|atau|or)\s)\s*", re.IGNORECASE)
+# Urgency, not classification: in a Tata Naskah Dinas header ``Sifat`` may hold either.
+# ``Biasa`` there means "not urgent"; only under a ``Klasifikasi`` key is it the level.
+URGENCY = frozenset({"segera", "sangat segera", "amat segera", "kilat", "biasa", "penting"})
+
+
+def letter_field_markings(text: str, scheme: LabelScheme) -> list[Marking]:
+    """Classification values of letter header fields (``Sifat``, ``Klasifikasi``).
+
+    The value must consist of levels and urgency words only (``Segera / Rahasia``);
+    anything else after ``Sifat:`` is a sentence, not a header field.
+    """
+    found: list[Marking] = []
+    if ":" not in text and "\t" not in text:
+        return found
+    for m in _LETTER_FIELD.finditer("\n" + text):
+        key = " ".join(m.group("key").split())
+        value = m.group("value").strip(_LINE_TRIM)
+        if not value:
+            continue
+        is_sifat = key.casefold().startswith("sifat")
+        levels: list[str] = []
+        ok = True
+        for part in _FIELD_SPLIT.split(value):
+            piece = part.strip(_LINE_TRIM)
+            if not piece:
+                continue
+            norm = normalise(piece)
+            if is_sifat and norm in URGENCY:
+                continue
+            level = scheme.resolve(piece)
+            if level is None:
+                if norm in URGENCY:
+                    continue
+                ok = False
+                break
+            levels.append(piece)
+        if ok:
+            field_name = key[:1].upper() + key[1:].lower()
+            for piece in levels:
+                found.append(Marking(piece, scheme.resolve(piece), why_letter_field(field_name)))
+    return found
+
+
+_FORWARDED_SUBJECT = re.compile(
+    r"\n[ \t>]*+(?:subject|subjek|perihal)[ \t]*+:[ \t]*+(?P<value>[^\n]{1,300})(?=\n|\Z)",
+    re.IGNORECASE,
+)
+
+
+def forwarded_subject_markings(text: str, scheme: LabelScheme) -> list[Marking]:
+    """Markings of a quoted original's ``Subject:`` line in a forward or a reply."""
+    found: list[Marking] = []
+    for m in _FORWARDED_SUBJECT.finditer("\n" + text):
+        for raw in subject_markings(m.group("value"), scheme):
+            found.append(Marking(raw, scheme.resolve(raw), WHY_FORWARDED))
+    return found
+
+
+# Where a text came from decides which forms count in it.
+BODY = "body"  # a mail body: top and bottom lines, letter fields, forwarded subjects
+DOCUMENT = "document"  # a document's body: a level line anywhere, letter fields
+BAND = "band"  # a page header or footer part: level lines in capitals or title case
+PAGE = "page"  # one page of a paginated document: its first and last lines are bands
+WATERMARK = "watermark"  # watermark text: any level, any case
+PLACES = (BODY, DOCUMENT, BAND, PAGE, WATERMARK)
+
+
+def text_markings(text: str, scheme: LabelScheme, place: str = BODY) -> list[Marking]:
+    """Every marking a text carries by position and form, each saying why it counted."""
+    found: list[Marking] = []
+    if not text:
+        return found
+    if place == WATERMARK:
+        for line in text.splitlines():
+            raw = line.strip(_LINE_TRIM)
+            if raw and len(raw) <= 40:
+                level = scheme.resolve(raw)
+                if level is not None:
+                    found.append(Marking(raw, level, WHY_WATERMARK))
+        return found
+    if place == BAND:
+        found += _lone_lines(text, scheme, window=None, any_case=True, why=WHY_HEADER_LINE)
+    elif place in (PAGE, DOCUMENT):
+        if place == PAGE:
+            found += _page_bands(text, scheme)
+        # Near the top and bottom any spelling of a level counts; further in, only the
+        # level names themselves (RAHASIA on page 3, in a stamp box), since an alias
+        # such as GENERAL or INTERNAL alone on a line there is a section heading.
+        found += _lone_lines(text, scheme, window=8, any_case=False, why=WHY_DOCUMENT_LINE)
+        found += _lone_lines(
+            text, scheme, window=None, any_case=False, why=WHY_DOCUMENT_LINE, names_only=True
+        )
+    else:
+        found += _lone_lines(text, scheme, window=8, any_case=False, why=WHY_BODY_LINE)
+        found += forwarded_subject_markings(text, scheme)
+    found += letter_field_markings(text, scheme)
+    return found
+
+
+def _page_bands(text: str, scheme: LabelScheme) -> list[Marking]:
+    """The first and last two lines of a page: title-case ``Rahasia`` counts there."""
+    lines = text.splitlines()
+    head: list[str] = []
+    for line in lines:
+        stripped = line.strip(_LINE_TRIM)
+        if stripped:
+            head.append(stripped)
+            if len(head) == 2:
+                break
+    tail: list[str] = []
+    for line in reversed(lines):
+        stripped = line.strip(_LINE_TRIM)
+        if stripped:
+            tail.append(stripped)
+            if len(tail) == 2:
+                break
+    found: list[Marking] = []
+    for line in head:
+        _band_line(line, scheme, WHY_PAGE_HEADER, found)
+    for line in reversed(tail):
+        _band_line(line, scheme, WHY_PAGE_FOOTER, found)
+    return found
+
+
+def _band_line(line: str, scheme: LabelScheme, why: str, found: list[Marking]) -> None:
+    if len(line) <= 40 and (line.isupper() or line.istitle()):
+        level = scheme.resolve(line)
+        if level is not None and not any(m.raw == line for m in found):
+            found.append(Marking(line, level, why))
+
+
+# Properties that name a classification even when their value is not a known level.
+CLASSIFICATION_PROPERTY_NAMES = frozenset(
+    {
+        "klasifikasi",
+        "classification",
+        "sensitivity",
+        "bjdocumentsecuritylabel",
+        "security classification",
+        "protective marking",
+        "classificationlevel",
+    }
+)
+_FREE_TEXT_PROPERTIES = frozenset(
+    {"title", "subject", "description", "comments", "category", "dc:title", "dc:subject"}
+)
+_KEYWORD_PROPERTIES = frozenset({"keywords", "cp:keywords", "pdf:keywords"})
+
+
+def property_markings(name: str, value: str, scheme: LabelScheme) -> list[Marking]:
+    """Markings of a document property: a title or subject read like a mail subject
+    (tags only), keywords item by item, any other property by its value."""
+    raw = " ".join(value.split())
+    key = name.strip().casefold()
+    why = why_property(name.strip())
+    if not raw:
+        return []
+    if key in _FREE_TEXT_PROPERTIES:
+        whole = scheme.resolve(raw)
+        if whole is not None:
+            return [Marking(raw, whole, why)]
+        return [Marking(r, scheme.resolve(r), why) for r in subject_markings(raw, scheme)]
+    if key in _KEYWORD_PROPERTIES:
+        out = []
+        for part in re.split(r"[,;]", raw):
+            item = part.strip()
+            level = scheme.resolve(item) if item else None
+            if level is not None:
+                out.append(Marking(item, level, why))
+        return out
+    level = scheme.resolve_value(raw)
+    if level is not None or normalise(name) in CLASSIFICATION_PROPERTY_NAMES:
+        return [Marking(raw, level, why)]
+    return []
 
 
 _MSIP = re.compile(
@@ -258,7 +641,7 @@ def msip_markings(items: Iterable[tuple[str, str]], scheme: LabelScheme) -> list
         level = scheme.resolve_guid(guid)
         if level is None and name:
             level = scheme.resolve_value(name)
-        found.append(Marking(name or guid, level))
+        found.append(Marking(name or guid, level, WHY_SENSITIVITY_LABEL))
     return found
 
 
@@ -276,7 +659,7 @@ def value_marking(value: str, scheme: LabelScheme) -> Marking | None:
     raw = " ".join(value.split())
     if not raw:
         return None
-    return Marking(raw, scheme.resolve_value(raw))
+    return Marking(raw, scheme.resolve_value(raw), WHY_LABEL_HEADER)
 
 
 def protective_marking(value: str, scheme: LabelScheme) -> Marking | None:
@@ -297,7 +680,7 @@ def sensitivity_marking(value: str, scheme: LabelScheme) -> Marking | None:
         return None
     alias = _SENSITIVITY.get(raw.casefold())
     level = scheme.resolve(alias) if alias else scheme.resolve_value(raw)
-    return Marking(raw, level)
+    return Marking(raw, level, WHY_LABEL_HEADER)
 
 
 _CLASSIFICATION_KEYS = ("classification", "klasifikasi", "sensitivity", "marking", "securitylabel")
@@ -320,7 +703,7 @@ def titus_markings(value: str, scheme: LabelScheme) -> list[Marking]:
     found: list[Marking] = []
     for name, val in _titus_props(doc, 0):
         if is_classification_property(name) or scheme.resolve(val) is not None:
-            found.append(Marking(val, scheme.resolve_value(val)))
+            found.append(Marking(val, scheme.resolve_value(val), WHY_LABEL_HEADER))
     return found
 
 

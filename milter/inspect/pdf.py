@@ -7,6 +7,19 @@ under a millisecond, where a full renderer costs about 9 ms a page (pypdfium2) o
 mapping the cheap path cannot do (CID fonts, ToUnicode maps) or streams use other
 filters. Metadata (document info, XMP) is read from the raw bytes and object streams,
 which needs no parser at all.
+
+Whether fonts need the renderer is decided on what the fonts say, wherever they sit: a
+PDF re-saved by qpdf, Ghostscript or an optimiser (and every OCRmyPDF output) keeps its
+font dictionaries inside compressed object streams, where the raw bytes show none of
+``/Type0`` or ``/ToUnicode``, and the cheap path would print glyph ids as text. So the
+object streams and CMap streams are looked into as they are inflated.
+
+An owner password alone (permissions, no user password) does not stop anyone from
+reading a PDF: the renderer opens it without a password and it is read like any other.
+Only a PDF that asks for a user password is ``encrypted``.
+
+Pages that carry a scan-sized image and (almost) no text are listed in ``image_pages``
+for OCR; the check costs a renderer pass, so it runs only when such an image exists.
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 
 import pypdfium2 as pdfium
+import pypdfium2.raw as pdfium_c
 
 from milter.inspect import bounded
 from milter.inspect.labels import is_classification_property
@@ -70,6 +84,17 @@ _SKIP_STREAM = (
 )
 
 
+# Fonts whose codes map to characters only through a table: markers in an inflated
+# object stream (font dictionaries) or stream (a ToUnicode CMap).
+_COMPLEX_BODY = (*_COMPLEX_FONTS, b"begincmap")
+_IMAGE_SIZE = re.compile(rb"/(Width|Height)\s+(\d{1,6})\b")
+# An image at least this big can be a scanned page (A4 at 100 dpi is 827 x 1169 pixels);
+# smaller ones are logos, photos and signatures on pages that have text of their own.
+SCAN_PIXELS = 500_000
+SCAN_SIDE = 500
+# A page with fewer characters than this is image-only: a page number or a stray
+# header from the scanner software is not the letter's text.
+FEW_CHARS = 32
 _RENDER_TIMEOUT = "time budget reached in PDF"
 # Reasons for a stream cut by a ``bounded`` limit; the budget one as it always read.
 _CUTS = {"expanded bytes limit reached": "PDF expansion limit reached"}
@@ -85,6 +110,8 @@ class PdfResult:
     encrypted: bool = False
     reason: str | None = None
     text_cut: bool = False  # text past ``max_text`` was left out
+    image_pages: list[int] = field(default_factory=list)  # 0-based, pages for OCR
+    pages: int = 0  # page count, when the renderer opened the document
 
 
 def _unescape_literal(raw: bytes) -> bytes:
@@ -246,11 +273,10 @@ def inspect_pdf(
     _info_properties(data, "info", result.properties)
     _xmp_properties(data, result.properties)
     if b"/Encrypt" in trailer_zone or re.search(rb"/Encrypt\s+\d+\s+\d+\s+R", data):
-        result.encrypted = True
-        result.reason = "encrypted PDF"
-        return result
+        return _read_encrypted(data, result, max_text=max_text, deadline=deadline)
 
     needs_renderer = any(marker in data for marker in _COMPLEX_FONTS)
+    scan_sized = False
     expanded = 0
     text_len = 0
     unreadable = 0
@@ -271,6 +297,8 @@ def inspect_pdf(
         floor, pos = pos, max(end, start)
         dictionary = _stream_dict(data, m.start() + 2, floor)
         if any(marker in dictionary for marker in _SKIP_STREAM):
+            if not scan_sized and b"/Image" in dictionary:
+                scan_sized = _scan_sized(dictionary)
             continue
         remaining = max_expand - expanded
         if remaining <= 0:
@@ -285,8 +313,12 @@ def inspect_pdf(
         expanded += len(body)
         if decoded.cut is not None:
             cut = _CUTS.get(decoded.cut, f"PDF {decoded.cut}")
+        if not needs_renderer and b"/ObjStm" not in dictionary and b"begincmap" in body:
+            needs_renderer = True  # a ToUnicode CMap: some font maps codes through it
         if b"/ObjStm" in dictionary:
             _info_properties(body, "info", result.properties)
+            if not needs_renderer and any(marker in body for marker in _COMPLEX_BODY):
+                needs_renderer = True
         elif b"/EmbeddedFile" in dictionary:
             if decoded.cut is None:
                 result.embedded.append((f"embedded{len(result.embedded) + 1}", body))
@@ -304,47 +336,144 @@ def inspect_pdf(
     if cut is not None:
         result.reason = cut
         return result
-    if needs_renderer or unreadable:
-        rendered, reason = _render_text(data, max_text=max_text, deadline=deadline)
-        if rendered is not None:
-            result.text = rendered
-            result.text_cut = sum(len(page) for page in rendered) > max_text
-            if reason == _RENDER_TIMEOUT:  # pages left unread
-                result.reason = reason
-        elif reason and not result.text:
-            result.reason = reason
+    if needs_renderer or unreadable or scan_sized:
+        rendered = _render_text(data, max_text=max_text, deadline=deadline, scan=scan_sized)
+        result.image_pages = rendered.image_pages
+        result.pages = rendered.count
+        if rendered.pages is not None:
+            if needs_renderer or unreadable:
+                # The cheap path's text of such fonts is glyph codes: the renderer's replaces it.
+                result.text = rendered.pages
+                result.text_cut = sum(len(page) for page in rendered.pages) > max_text
+            if rendered.reason == _RENDER_TIMEOUT:  # pages left unread
+                result.reason = rendered.reason
+        elif rendered.reason and not result.text:
+            result.reason = rendered.reason
     return result
 
 
+def _scan_sized(dictionary: bytes) -> bool:
+    """Is this image stream big enough to be a scanned page?"""
+    size = {m.group(1): int(m.group(2)) for m in _IMAGE_SIZE.finditer(dictionary)}
+    width, height = size.get(b"Width", 0), size.get(b"Height", 0)
+    return width * height >= SCAN_PIXELS and min(width, height) >= SCAN_SIDE
+
+
+def _read_encrypted(data: bytes, result: PdfResult, *, max_text: int, deadline: float) -> PdfResult:
+    """A PDF with an ``/Encrypt`` dictionary: read through the renderer when it opens
+    without a password (an owner password only restricts printing or copying, and
+    every reader opens it), else ``encrypted``. Its streams and strings are encrypted,
+    so the renderer reads text and document info, and finds image-only pages."""
+    # Names in the document info are in the clear, their values encrypted: the renderer
+    # decrypts the values of the names that matter.
+    names = {name for _, name, _ in result.properties} | {"Title", "Subject", "Keywords"}
+    rendered = _render_text(
+        data, max_text=max_text, deadline=deadline, scan=True, info=sorted(names)
+    )
+    # A trailer naming an /Encrypt the renderer does not apply is malformed: held, as
+    # encrypted, rather than read on a guess.
+    if rendered.password or not rendered.secured:
+        result.encrypted = True
+        result.reason = "encrypted PDF"
+        return result
+    # Strings read from the raw bytes were encrypted: the renderer's info replaces them.
+    result.properties = []
+    for name, value in rendered.info:
+        result.properties.append(("info", name, value.strip()))
+    result.image_pages = rendered.image_pages
+    result.pages = rendered.count
+    if rendered.pages is not None:
+        result.text = rendered.pages
+        result.text_cut = sum(len(page) for page in rendered.pages) > max_text
+        if rendered.reason == _RENDER_TIMEOUT:
+            result.reason = rendered.reason
+    else:
+        result.reason = rendered.reason
+    return result
+
+
+@dataclass
+class _Rendered:
+    pages: list[str] | None = None
+    reason: str | None = None
+    image_pages: list[int] = field(default_factory=list)
+    count: int = 0
+    info: list[tuple[str, str]] = field(default_factory=list)
+    password: bool = False  # the document asks for a user password
+    secured: bool = False  # the renderer applied a security handler (with ``info``)
+
+
 def _render_text(
-    data: bytes, *, max_text: int, deadline: float
-) -> tuple[list[str] | None, str | None]:
-    """Page text through pypdfium2, page by page, until the text or time budget runs out."""
+    data: bytes,
+    *,
+    max_text: int,
+    deadline: float,
+    scan: bool = False,
+    info: list[str] | None = None,
+) -> _Rendered:
+    """Page text through pypdfium2, page by page, until the text or time budget runs out.
+
+    With ``scan``, pages with a picture and fewer than ``FEW_CHARS`` characters are
+    listed for OCR; with ``info``, those entries of the document information are read
+    as well (and whether a security handler applies).
+    """
+    out = _Rendered()
     try:
         doc = pdfium.PdfDocument(data)
-    except (pdfium.PdfiumError, ValueError, OSError) as exc:
-        return None, f"unreadable PDF: {type(exc).__name__}"
+    except pdfium.PdfiumError as exc:
+        out.password = getattr(exc, "err_code", None) == pdfium_c.FPDF_ERR_PASSWORD
+        out.reason = f"unreadable PDF: {type(exc).__name__}"
+        return out
+    except (ValueError, OSError) as exc:
+        out.reason = f"unreadable PDF: {type(exc).__name__}"
+        return out
     pages: list[str] = []
     total = 0
     try:
-        for index in range(len(doc)):
+        if info is not None:
+            out.secured = pdfium_c.FPDF_GetSecurityHandlerRevision(doc.raw) != -1
+            for name in info:
+                value = str(doc.get_metadata_value(name))
+                if value:
+                    out.info.append((name, value))
+        out.count = len(doc)
+        for index in range(out.count):
             if time.monotonic() > deadline:
-                return pages, _RENDER_TIMEOUT
+                out.pages, out.reason = pages, _RENDER_TIMEOUT
+                return out
             page = doc[index]
             try:
                 textpage = page.get_textpage()
                 try:
-                    text = str(textpage.get_text_range())
+                    text = str(textpage.get_text_range()) if total < max_text else ""
+                    if scan and _image_only(page, textpage):
+                        out.image_pages.append(index)
                 finally:
                     textpage.close()
             finally:
                 page.close()
-            pages.append(text.replace("\r\n", "\n"))
-            total += len(text)
-            if total >= max_text:
+            if total < max_text:
+                pages.append(text.replace("\r\n", "\n"))
+                total += len(text)
+            elif not scan:
                 break
     except (pdfium.PdfiumError, ValueError, OSError) as exc:
-        return pages or None, f"unreadable PDF: {type(exc).__name__}"
+        out.pages = pages or None
+        out.reason = f"unreadable PDF: {type(exc).__name__}"
+        return out
     finally:
         doc.close()
-    return pages, None
+    out.pages = pages
+    return out
+
+
+def _image_only(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage) -> bool:
+    """A page whose content is a picture: fewer than ``FEW_CHARS`` characters of text
+    and at least one image (a scan, a photographed letter, a fax)."""
+    if textpage.count_chars() >= FEW_CHARS:
+        text = str(textpage.get_text_range())
+        if sum(1 for c in text if not c.isspace()) >= FEW_CHARS:
+            return False
+    for _ in page.get_objects(filter=(pdfium_c.FPDF_PAGEOBJ_IMAGE,), max_depth=4):
+        return True
+    return False

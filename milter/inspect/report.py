@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from milter.inspect.findings import Findings
+from milter.text import printable
 
 
 def to_json(findings: Findings) -> dict[str, Any]:
@@ -29,7 +30,8 @@ def to_text(findings: Findings) -> str:
     lines.append(f"Labels ({len(findings.labels)}):")
     for label in findings.labels:
         level = label.level or "unknown level"
-        lines.append(f"  {label.raw!r} -> {level}  [{label.source}]")
+        why = f" ({label.why})" if label.why else ""
+        lines.append(f"  {label.raw!r} -> {level}  [{label.source}]{why}")
     lines.append(f"Parts ({len(findings.parts)}):")
     for part in findings.parts:
         flags = ",".join(sorted(part.flags)) or "-"
@@ -49,10 +51,15 @@ def to_text(findings: Findings) -> str:
             f"  {name}: {det.count} distinct, confidence {det.confidence} "
             f"({det.high_count} with supporting keywords)"
         )
+    if findings.drafts:
+        lines.append(f"Drafts ({len(findings.drafts)}):")
+        lines.extend(f"  {d.evidence}  [{d.source}]" for d in findings.drafts)
     if findings.unscannable:
         lines.append("Unscannable:")
         lines.extend(f"  {reason}" for reason in findings.unscannable)
     if findings.defects:
         lines.append(f"MIME defects ({len(findings.defects)}):")
         lines.extend(f"  {defect}" for defect in findings.defects)
-    return "\n".join(lines) + "\n"
+    # Subjects, file names and evidence come from the message: no line may carry a
+    # control character to the reader's terminal.
+    return "\n".join(printable(line) for line in lines) + "\n"

@@ -10,6 +10,7 @@ unscannable and the walk goes on; message-wide limits (bytes, time) unwind to
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import email.parser
 import email.policy
 import io
@@ -19,22 +20,37 @@ import tarfile
 import time
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from email.message import Message
 
 from milter.config import InspectLimits
-from milter.inspect import bounded, documents, filetype, labels, mime
+from milter.inspect import (
+    archives,
+    bounded,
+    documents,
+    drafts,
+    filetype,
+    labels,
+    legacy,
+    mime,
+    ocr,
+    smime,
+    tnef,
+)
 from milter.inspect.errors import BudgetExceeded, DocumentError, LimitReached
 from milter.inspect.findings import (
     ARCHIVE,
     ATTACHMENT,
     ENCRYPTED,
     EXECUTABLE,
+    IMAGE_ONLY,
     MACRO,
     MISMATCH,
     SIGNED,
     UNSCANNABLE,
+    Draft,
     Label,
+    OcrSpot,
     Part,
 )
 from milter.inspect.labels import LabelScheme, Marking
@@ -62,17 +78,6 @@ _CLASSIFICATION_HEADERS = frozenset(
         "x-sensitivity-label",
     }
 )
-_EXACT_PROPERTY_NAMES = frozenset(
-    {
-        "klasifikasi",
-        "classification",
-        "sensitivity",
-        "bjdocumentsecuritylabel",
-        "security classification",
-        "protective marking",
-        "classificationlevel",
-    }
-)
 _ZIP_ERRORS = (
     zipfile.BadZipFile,
     zipfile.LargeZipFile,
@@ -94,12 +99,15 @@ _MAX_HEADERS = 500
 class Context:
     """Everything found in one message so far, and the budgets left to find more."""
 
-    def __init__(self, scheme: LabelScheme, limits: InspectLimits) -> None:
+    def __init__(
+        self, scheme: LabelScheme, limits: InspectLimits, ocr_lane: ocr.Deferred | None = None
+    ) -> None:
         self.scheme = scheme
         self.limits = limits
         self.deadline = time.monotonic() + limits.time_budget
         self.labels: list[Label] = []
         self._label_keys: set[tuple[str, str, str | None]] = set()
+        self.drafts: list[Draft] = []
         self.parts: list[Part | None] = []
         self.text: list[str] = []
         self.text_len = 0
@@ -112,6 +120,8 @@ class Context:
         self.entries = 0
         self.mime_parts = 0
         self.nesting = 0  # multipart and message levels open, across inner messages
+        self.ocr = ocr.Budget(limits.ocr)  # pages and seconds of OCR left to this message
+        self.ocr_lane = ocr_lane  # OCR read by other processes (``ocr.Deferred``), or here
 
     # budgets --------------------------------------------------------------------
     def check_time(self) -> None:
@@ -139,28 +149,37 @@ class Context:
         if len(self.defects) < _MAX_DEFECTS and entry not in self.defects:
             self.defects.append(entry)
 
-    def add_label(self, raw: str, source: str, level: str | None) -> None:
+    def add_label(self, raw: str, source: str, level: str | None, why: str = "") -> None:
         key = (raw, source, level)
         if key not in self._label_keys:
             self._label_keys.add(key)
-            self.labels.append(Label(raw=raw, source=source, level=level))
+            self.labels.append(Label(raw=raw, source=source, level=level, why=why))
 
     def add_marking(self, marking: Marking | None, source: str) -> None:
         if marking is not None:
-            self.add_label(marking.raw, source, marking.level)
+            self.add_label(marking.raw, source, marking.level, marking.why)
+
+    def add_draft(self, source: str, evidence: str) -> None:
+        draft = Draft(source=source, evidence=evidence)
+        if draft not in self.drafts and len(self.drafts) < _MAX_DEFECTS:
+            self.drafts.append(draft)
 
     def add_subject(self, subject: str, source: str) -> None:
         """Label the markings a subject carries: a message's, an attached one's, a TNEF one's."""
         for raw in labels.subject_markings(subject, self.scheme):
-            self.add_label(raw, source, self.scheme.resolve(raw))
+            self.add_label(raw, source, self.scheme.resolve(raw), labels.WHY_SUBJECT)
 
-    def add_text(self, text: str, source: str, *, marks_all: bool = False) -> None:
-        """Keep text for detectors and content rules, and read marking lines from it."""
+    def add_text(self, text: str, source: str, *, marks_all: bool = False, place: str = "") -> None:
+        """Keep text for detectors and content rules, and read the markings it carries by
+        position and form (``place``: see ``labels.PLACES``; ``marks_all`` is a page
+        header/footer band)."""
         if not text:
             return
-        window = 1 << 30 if marks_all else 8
-        for raw in labels.marking_lines(text, self.scheme, window=window):
-            self.add_label(raw, source, self.scheme.resolve(raw))
+        place = place or (labels.BAND if marks_all else labels.BODY)
+        for marking in labels.text_markings(text, self.scheme, place):
+            self.add_marking(marking, source)
+        for evidence in drafts.text_evidence(text, place):
+            self.add_draft(source, evidence)
         room = self.limits.text_bytes - self.text_len
         if room <= 0:
             self.note_unscannable("text limit reached")
@@ -403,13 +422,18 @@ def leaf(
         )
         return
     if ctype in _PKCS7_MIME or filetype.extension(name) in ("p7m",):
-        smime = str(part.info.get_param("smime-type") or "").lower()
-        if "signed" in smime:
-            flags, reason = {SIGNED, UNSCANNABLE}, "opaque S/MIME signed data"
-        else:
-            flags, reason = {ENCRYPTED, UNSCANNABLE}, "S/MIME encrypted"
-        ctx.parts.append(
-            _plain_part(where, name, ctype, data, depth=depth, flags=flags, reason=reason)
+        _smime(
+            ctx,
+            part,
+            ctype,
+            data,
+            name=name,
+            where=where,
+            section=section,
+            container=container,
+            depth=depth,
+            arch_depth=arch_depth,
+            prefix=prefix,
         )
         return
     # A payload decoded only in part was not inspected in full: the part says so.
@@ -428,6 +452,107 @@ def leaf(
         arch_depth=arch_depth,
         cut=cut,
     )
+
+
+def _smime(
+    ctx: Context,
+    part: mime.Node,
+    ctype: str,
+    data: bytes,
+    *,
+    name: str | None,
+    where: str,
+    section: str,
+    container: str,
+    depth: int,
+    arch_depth: int,
+    prefix: str,
+) -> None:
+    """An S/MIME blob: signed and compressed content is unwrapped and walked like any
+    part (``smime``); only encrypted content, or a structure that cannot be read, is
+    unscannable."""
+    declared = str(part.info.get_param("smime-type") or "").lower()
+    res = smime.unwrap(data, limit=ctx.expand_budget(), ratio=ctx.limits.expansion_ratio)
+    flags: set[str] = set()
+    if smime.SIGNED in res.layers or (not res.layers and "signed" in declared):
+        flags.add(SIGNED)
+    if res.content is None:
+        reason = None
+        if res.encrypted or (not res.layers and "signed" not in declared):
+            flags |= {ENCRYPTED, UNSCANNABLE}
+            reason = "S/MIME encrypted" if res.encrypted else res.reason
+        elif not res.detached:
+            flags.add(UNSCANNABLE)
+            reason = res.reason
+        ctx.parts.append(
+            _plain_part(where, name, ctype, data, depth=depth, flags=flags, reason=reason)
+        )
+        return
+    ctx.parts.append(_plain_part(where, name, ctype, data, depth=depth, flags=flags))
+    content = res.content
+    ctx.charge(len(content))
+    ctx.expanded += len(content)
+    inner = f"{section}.1"
+    if inner.count(".") + 1 > ctx.limits.mime_depth or ctx.nesting > ctx.limits.mime_depth:
+        ctx.note_unscannable("MIME depth limit reached")
+        return
+    if smime.is_mime_entity(content):
+        node = mime.Node.parse(content, max_lines=ctx.limits.mime_parts)
+        scan_headers(ctx, node.info, prefix)
+        ctx.nesting += 1
+        try:
+            walk(
+                ctx,
+                node,
+                section=inner,
+                container=container,
+                depth=depth,
+                arch_depth=arch_depth,
+                prefix=prefix,
+            )
+        finally:
+            ctx.nesting -= 1
+        return
+    # A file signed on its own (``report.pdf.p7m``): the file is what was signed.
+    base = name or f"{section}.p7m"
+    inner_name = base[:-4] if base.lower().endswith(".p7m") and len(base) > 4 else base + ".out"
+    examine(
+        ctx,
+        content,
+        name=inner_name,
+        declared="",
+        path=f"{container}/{base}/{inner_name}" if container else f"{base}/{inner_name}",
+        depth=depth + 1,
+        arch_depth=arch_depth,
+    )
+
+
+def _cms_file(
+    ctx: Context, state: _FileState, data: bytes, *, path: str, depth: int, arch_depth: int
+) -> None:
+    """A CMS file that is not a MIME part of its own (a ``.p7m`` in a zip, a signed file
+    saved from mail): its content is examined one level down, as an archive member is."""
+    res = smime.unwrap(data, limit=ctx.expand_budget(), ratio=ctx.limits.expansion_ratio)
+    if smime.SIGNED in res.layers:
+        state.flags.add(SIGNED)
+    if res.encrypted:
+        state.flags.add(ENCRYPTED)
+        state.unscannable("S/MIME encrypted")
+    elif res.content is None:
+        if not res.detached:
+            state.unscannable(res.reason or "unreadable S/MIME")
+    elif _nested_ok(ctx, state, arch_depth):
+        ctx.expanded += len(res.content)
+        if smime.is_mime_entity(res.content):
+            ctx.charge(len(res.content))
+            inner = mime.Node.parse(res.content, max_lines=ctx.limits.mime_parts)
+            _inner_message(ctx, inner, path=path, depth=depth, arch_depth=arch_depth + 1)
+            return
+        base = path.rsplit("/", 1)[-1]
+        name = base[:-4] if base.lower().endswith(".p7m") and len(base) > 4 else base + ".out"
+        _unpacked(
+            ctx, res.content, name=name, path=f"{path}/{name}", depth=depth, arch_depth=arch_depth
+        )
 
 
 def _plain_part(
@@ -607,13 +732,21 @@ def _content(
         if doc.encrypted:
             state.flags.add(ENCRYPTED)
             state.unscannable(doc.reason or "encrypted document")
+        else:
+            _legacy(ctx, state, data, src=src, path=path, depth=depth, arch_depth=arch_depth)
+    elif kind == "rtf" or legacy.is_rtf(data):
+        _legacy(ctx, state, data, src=src, path=path, depth=depth, arch_depth=arch_depth, rtf=True)
     elif data.startswith(documents.TNEF_SIGNATURE) or declared in _TNEF_TYPES:
         _tnef(ctx, state, data, src=src, path=path, depth=depth, arch_depth=arch_depth)
     elif kind in ("gzip", "bzip2", "xz"):
         _compressed(ctx, state, data, kind=kind, path=path, depth=depth, arch_depth=arch_depth)
     elif kind == "tar":
         _tar(ctx, state, data, path=path, depth=depth, arch_depth=arch_depth)
-    elif kind in ("7z", "rar") or filetype.is_archive(true_type):
+    elif kind in ("7z", "rar") or data.startswith(
+        (documents.SEVENZIP_MAGIC, documents.RAR4_MAGIC, documents.RAR5_MAGIC)
+    ):
+        _opaque_archive(ctx, state, data, path=path, depth=depth, arch_depth=arch_depth)
+    elif filetype.is_archive(true_type):
         state.flags.add(ARCHIVE)
         encrypted = documents.opaque_archive_encrypted(data)
         if encrypted:
@@ -621,6 +754,8 @@ def _content(
             state.unscannable(f"encrypted {kind} archive")
         else:
             state.unscannable(f"{kind} archive not opened")
+    elif kind == "cms":
+        _cms_file(ctx, state, data, path=path, depth=depth, arch_depth=arch_depth)
     elif kind == "message" or declared == "message/rfc822" or ext == "eml":
         _inner_message(
             ctx,
@@ -629,13 +764,15 @@ def _content(
             depth=depth,
             arch_depth=arch_depth,
         )
+    elif true_type in ocr.IMAGE_TYPES:
+        _ocr(ctx, state, ocr.IMAGE, data, src=src)
     elif kind == "text" or true_type in ("application/csv", "application/json", "application/xml"):
         if len(data) > ctx.limits.text_bytes:
             ctx.note_unscannable("text limit reached")
         text = mime.decode_text(data[: ctx.limits.text_bytes], None)
         if true_type == "text/html":
             text = mime.html_to_text(text)
-        ctx.add_text(text, src)
+        ctx.add_text(text, src, place=labels.DOCUMENT)
 
 
 def _nested_ok(ctx: Context, state: _FileState, arch_depth: int) -> bool:
@@ -702,6 +839,25 @@ def _zip(
             return
         ctx.expanded += start_budget - bz.budget
         _document(ctx, state, doc, path=path, depth=depth, arch_depth=arch_depth)
+        _pictures(ctx, state, bz, path=path)
+
+
+def _pictures(ctx: Context, state: _FileState, bz: documents.BoundedZip, *, path: str) -> None:
+    """Pictures in an Office or ODF document (``word/media``, ``Pictures/``): a scanned
+    letter pasted into a docx is read by OCR like an attached scan."""
+    names = [n for n in bz.names if ocr.DOCUMENT_PICTURE.fullmatch(n)]
+    for name in names:
+        before = bz.budget
+        try:
+            content = bz.read(name, ctx.expand_budget())
+        except _ZIP_ERRORS as exc:
+            state.unscannable(f"picture {name} not read: {exc}")
+            return
+        finally:
+            ctx.expanded += before - bz.budget
+        if content is None or filetype.sniff(content) not in ocr.IMAGE_TYPES:
+            continue
+        _ocr(ctx, state, ocr.IMAGE, content, src=f"attachment:{path}/{name}", image_only=False)
 
 
 def _zip_members(
@@ -783,6 +939,58 @@ def _zip_members(
         _unpacked(ctx, content, name=name, path=member, depth=depth, arch_depth=arch_depth)
 
 
+def _opaque_archive(
+    ctx: Context, state: _FileState, data: bytes, *, path: str, depth: int, arch_depth: int
+) -> None:
+    """7z and RAR (``archives``): members read within the budgets zip members get."""
+    state.flags.add(ARCHIVE)
+    if not _nested_ok(ctx, state, arch_depth):
+        return
+    room = max(0, ctx.limits.archive_entries - ctx.entries)
+    if data.startswith(documents.SEVENZIP_MAGIC):
+        listing = archives.read_7z(
+            data,
+            budget=ctx.expand_budget(),
+            ratio=ctx.limits.expansion_ratio,
+            max_entries=room + 1,
+            check=ctx.check_time,
+        )
+    else:
+        listing = archives.read_rar(
+            data,
+            budget=ctx.expand_budget(),
+            ratio=ctx.limits.expansion_ratio,
+            max_entries=room + 1,
+            deadline=ctx.deadline,
+        )
+    if listing.encrypted:
+        state.flags.add(ENCRYPTED)
+    if listing.reason and listing.reason != "archive entry limit reached":
+        state.unscannable(listing.reason)
+    for entry in listing.members:
+        ctx.check_time()
+        if not _next_entry(ctx, state):
+            return
+        member = f"{path}/{entry.name}"
+        name = entry.name.rsplit("/", 1)[-1]
+        if entry.content is None:
+            _skipped(
+                ctx,
+                state,
+                member,
+                name,
+                size=entry.size,
+                depth=depth + 1,
+                reason=entry.reason or "unreadable archive entry",
+                extra={ENCRYPTED} if entry.encrypted else (),
+            )
+            continue
+        ctx.expanded += len(entry.content)
+        _unpacked(ctx, entry.content, name=name, path=member, depth=depth, arch_depth=arch_depth)
+    if listing.reason == "archive entry limit reached":
+        state.unscannable(listing.reason)
+
+
 def _skipped(
     ctx: Context,
     state: _FileState,
@@ -838,9 +1046,13 @@ def _document(
         ctx.note_unscannable("text limit reached")
     _properties(ctx, doc.properties, src)
     for where, guid in doc.label_ids:
-        ctx.add_label(guid.strip("{}").lower(), f"{src}:{where}", ctx.scheme.resolve_guid(guid))
-    for where, text, marks_all in doc.texts:
-        ctx.add_text(text, f"{src}:{where}", marks_all=marks_all)
+        level = ctx.scheme.resolve_guid(guid)
+        why = labels.WHY_SENSITIVITY_LABEL
+        ctx.add_label(guid.strip("{}").lower(), f"{src}:{where}", level, why)
+    for where, text, place in doc.texts:
+        ctx.add_text(text, f"{src}:{where}", place=place)
+    for where, evidence in doc.drafts:
+        ctx.add_draft(f"{src}:{where}", evidence)
     _embedded(ctx, state, doc.embedded, path=path, depth=depth, arch_depth=arch_depth)
 
 
@@ -853,9 +1065,11 @@ def _properties(ctx: Context, props: list[tuple[str, str, str]], src: str) -> No
             continue
         if not value:
             continue
-        level = ctx.scheme.resolve_value(value)
-        if level is not None or labels.normalise(name) in _EXACT_PROPERTY_NAMES:
-            ctx.add_label(value, f"{src}:{where}", level)
+        for marking in labels.property_markings(name, value, ctx.scheme):
+            ctx.add_marking(marking, f"{src}:{where}")
+        evidence = drafts.property_evidence(name, value)
+        if evidence is not None:
+            ctx.add_draft(f"{src}:{where}", evidence)
     for where, pairs in by_place.items():
         for m in labels.msip_markings(pairs, ctx.scheme):
             ctx.add_marking(m, f"{src}:{where}")
@@ -898,7 +1112,7 @@ def _pdf(
         deadline=ctx.deadline,
         ratio=ctx.limits.expansion_ratio,
     )
-    _properties(ctx, result.properties, src)
+    _properties(ctx, result.properties + documents.pdf_info_fields(data), src)
     if result.encrypted:
         state.flags.add(ENCRYPTED)
     if result.reason:
@@ -906,8 +1120,63 @@ def _pdf(
     if result.text_cut:
         ctx.note_unscannable("text limit reached")
     for page in result.text:
-        ctx.add_text(page, f"{src}:text")
+        ctx.add_text(page, f"{src}:text", place=labels.PAGE)
+    for evidence in drafts.pdf_review_annotations(data):
+        ctx.add_draft(src, evidence)
+    if not result.encrypted:
+        ctx.add_text(documents.pdf_watermarks(data), f"{src}:watermark", place=labels.WATERMARK)
+    if result.image_pages:
+        _ocr(ctx, state, ocr.PDF, data, src=src, pages=result.image_pages)
     _embedded(ctx, state, result.embedded, path=path, depth=depth, arch_depth=arch_depth)
+
+
+def _ocr(
+    ctx: Context,
+    state: _FileState,
+    kind: str,
+    data: bytes,
+    *,
+    src: str,
+    pages: Sequence[int] = (),
+    image_only: bool = True,
+) -> None:
+    """Image pages of one file (an image, a PDF's scanned pages, a picture in a document)
+    read by OCR (``ocr``). Its time comes from the OCR budget, not the message's; what
+    it leaves unread makes the file unscannable, with the reason. With ``ctx.ocr_lane``
+    the pages are read by the OCR processes and their outcome applied here on a second
+    walk (``ocr.Deferred``)."""
+    if image_only:
+        state.flags.add(IMAGE_ONLY)
+    if not ctx.limits.ocr.enabled:
+        state.unscannable("image not read: OCR disabled")
+        return
+    planned = ocr.plan(kind, data, src, ctx.ocr, pages)
+    if isinstance(planned, ocr.Outcome):
+        outcome = planned
+    elif ctx.ocr_lane is not None:
+        taken = ctx.ocr_lane.take(planned, ctx.limits.ocr)
+        if taken is None:
+            return
+        outcome = taken
+    else:
+        started = time.monotonic()
+        try:
+            outcome = ocr.execute(planned, ctx.ocr)
+        finally:
+            ctx.deadline += time.monotonic() - started
+    for reason in outcome.unread:
+        state.unscannable(reason)
+    for region in outcome.regions:
+        where = f"{src}:ocr:page{region.page}:{region.band}"
+        before = len(ctx.labels)
+        place = labels.BAND if region.band in ("top", "bottom") else labels.DOCUMENT
+        ctx.add_text(region.text, where, place=place)
+        for i in range(before, len(ctx.labels)):
+            label = ctx.labels[i]
+            if label.source == where and label.ocr is None:
+                conf = [c for t, c in region.lines if label.raw.casefold() in t.casefold()]
+                spot = OcrSpot(region.page, region.band, conf[0] if conf else 0.0)
+                ctx.labels[i] = dataclasses.replace(label, ocr=spot)
 
 
 def _tnef(
@@ -927,7 +1196,64 @@ def _tnef(
         return
     ctx.add_subject(tnef.subject, f"{src}:subject")
     ctx.add_text(tnef.body, f"{src}:body")
+    _tnef_rtf(ctx, state, data, src=src)
     _embedded(ctx, state, tnef.attachments, path=path, depth=depth, arch_depth=arch_depth)
+
+
+def _tnef_rtf(ctx: Context, state: _FileState, data: bytes, *, src: str) -> None:
+    """The compressed RTF body Outlook puts in TNEF (``PR_RTF_COMPRESSED``)."""
+    blob = tnef.compressed_rtf(data)
+    if blob is None:
+        return
+    limit = max(0, min(ctx.expand_budget(), int(len(blob) * ctx.limits.expansion_ratio) + 1))
+    try:
+        rtf, cut = tnef.decompress_rtf(blob, limit)
+    except (DocumentError, struct.error) as exc:
+        state.unscannable(f"unreadable TNEF: {exc}")
+        return
+    if cut:
+        state.unscannable("expansion limit reached in compressed RTF")
+    ctx.expanded += len(rtf)
+    read = legacy.rtf_text(rtf, max_text=max(0, ctx.limits.text_bytes), check=ctx.check_time)
+    _legacy_result(ctx, state, read, f"{src}:rtf")
+
+
+def _legacy(
+    ctx: Context,
+    state: _FileState,
+    data: bytes,
+    *,
+    src: str,
+    path: str,
+    depth: int,
+    arch_depth: int,
+    rtf: bool = False,
+) -> None:
+    """Text and properties of legacy Office, Outlook items and RTF (``legacy``)."""
+    room = max(0, ctx.limits.text_bytes - ctx.text_len)
+    if rtf:
+        read = legacy.rtf_text(data, max_text=room, check=ctx.check_time)
+    else:
+        read = legacy.read_ole_text(
+            data, max_text=room, budget=ctx.expand_budget(), check=ctx.check_time
+        )
+    _legacy_result(ctx, state, read, src)
+    if read.subject:
+        ctx.add_subject(read.subject, f"{src}:subject")
+    _embedded(ctx, state, read.embedded, path=path, depth=depth, arch_depth=arch_depth)
+
+
+def _legacy_result(ctx: Context, state: _FileState, read: legacy.LegacyText, src: str) -> None:
+    if read.encrypted:
+        state.flags.add(ENCRYPTED)
+        state.unscannable("encrypted Office document")
+    if read.reason:
+        state.unscannable(read.reason)
+    if read.cut:
+        ctx.note_unscannable("text limit reached")
+    _properties(ctx, read.properties, src)
+    for where, text, place in read.texts:
+        ctx.add_text(text, f"{src}:{where}", place=place)
 
 
 def _compressed(

@@ -25,6 +25,7 @@ from milter.envelope import Envelope, domain_of
 from milter.inspect.findings import (
     ATTACHMENT,
     ENCRYPTED,
+    IMAGE_ONLY,
     SIGNED,
     UNSCANNABLE,
     Findings,
@@ -32,7 +33,16 @@ from milter.inspect.findings import (
 )
 
 # Part flags an attachment selector can require (true) or exclude (false).
-PART_FLAGS = ("encrypted", "mismatch", "executable", "macro", "signed", "unscannable", "archive")
+PART_FLAGS = (
+    "encrypted",
+    "mismatch",
+    "executable",
+    "macro",
+    "signed",
+    "unscannable",
+    "archive",
+    IMAGE_ONLY,  # an image or a PDF page with no text: only OCR reads it
+)
 # Flags a message-level condition looks for in every part, bodies included.
 MESSAGE_FLAGS = (ENCRYPTED, SIGNED, UNSCANNABLE)
 
@@ -556,6 +566,24 @@ class PartFlagCondition(Condition):
         else:
             reasons.append(f"nothing is {self.flag}")
         return bool(found) == self.want
+
+
+class DraftCondition(Condition):
+    """Some document in the message is visibly not final (clause 2.f), with its evidence."""
+
+    __slots__ = ("want",)
+
+    def __init__(self, want: bool) -> None:
+        self.want = want
+
+    def test(self, ctx: Context, reasons: list[str]) -> bool:
+        drafts = ctx.findings.drafts
+        if drafts:
+            shown = "; ".join(f"{d.source}: {d.evidence}" for d in drafts[:5])
+            reasons.append(f"draft: {shown}")
+        else:
+            reasons.append("no document is a draft")
+        return bool(drafts) == self.want
 
 
 # --- content --------------------------------------------------------------------------

@@ -65,19 +65,25 @@ blocks that must all hold. Within a condition, a list of values means "any of".
   ``extension`` (``exe`` or ``.exe``), ``name`` (file-name globs), ``size`` and
   ``depth`` (``{min: N, max: N}``, sizes as ``10MB``), and the flags ``encrypted``,
   ``mismatch`` (true type contradicts name or declared type), ``executable``,
-  ``macro``, ``signed``, ``unscannable``, ``archive`` (``true``: has it, ``false``:
-  has not).
+  ``macro``, ``signed``, ``unscannable``, ``archive``, ``image_only`` (an image or
+  a PDF with pages that are only pictures, which only OCR reads) (``true``: has it,
+  ``false``: has not).
 - ``content: {...}``: ``keywords: DICTIONARY or [DICTIONARY, ...]``, ``words:
   [WORD, ...]`` (an inline dictionary), ``min_count: N`` (distinct keywords needed,
   default 1), ``regex: PATTERN or [PATTERN, ...]`` (case-insensitive, searched in the
-  subject and extracted text), ``detector: {name: nik or [nik, nip], min_count: N,
-  confidence: high | medium}`` (distinct valid values found by the named detectors,
-  summed; ``high`` counts only values with a supporting keyword nearby).
+  subject and extracted text), ``detector: {name: nik or [nik, nip], min_count: N
+  (or min: N), confidence: high | low}`` (distinct valid values found by the named
+  detectors, summed; ``high`` counts only values with a supporting keyword nearby or
+  under a column headed by one (NIK, KTP, No. Identitas ...); ``low``, the default,
+  counts every valid value; ``medium`` is an older name for ``low``).
 - ``header: {name: NAME, regex: PATTERN, present: BOOL}`` or a list of such: a
   top-level header; with ``regex``, some value must match (case-insensitive).
 - ``size: {min: SIZE, max: SIZE}``: the whole message.
 - ``unscannable: BOOL``, ``encrypted: BOOL``, ``signed: BOOL``: anywhere in the
   message, bodies included (an S/MIME-encrypted body counts as encrypted).
+- ``draft: BOOL``: some document is visibly not final (clause 2.f): tracked changes or
+  comments left in, a ``KONSEP``/``DRAFT``/``RANCANGAN`` marking or watermark, PDF
+  review annotations.
 - ``any: [BLOCK, ...]``, ``all: [BLOCK, ...]``, ``not: BLOCK``.
 
 Actions (items of ``then``). Terminal actions decide a recipient's fate, at most one per
@@ -112,6 +118,7 @@ from milter.policy.conditions import (
     Condition,
     DetectorCondition,
     DomainSet,
+    DraftCondition,
     HeaderCondition,
     KeywordCondition,
     KeywordIndex,
@@ -129,7 +136,9 @@ MODES = ("enforce", "audit", "test")
 DESCRIPTION_LANGUAGES = ("id", "en")
 TERMINALS = ("deliver", "reject", "quarantine", "route")
 DETECTORS = ("nik", "nip", "npwp", "card")
-CONFIDENCES = ("high", "medium")
+# ``high``: only values with a supporting keyword or column header; ``low`` (or its
+# older name ``medium``): every valid value, as when no confidence is given.
+CONFIDENCES = ("high", "low", "medium")
 PLACEHOLDERS = frozenset({"classification", "rule", "clause", "sender"})
 DEFAULT_LEVELS = ("BIASA", "TERBATAS", "RAHASIA", "SANGAT_RAHASIA")
 DEFAULT_REJECT = "Pesan ditolak oleh kebijakan pengiriman surel / Message rejected by mail policy"
@@ -169,6 +178,7 @@ _CONDITION_KEYS = (
     "unscannable",
     "encrypted",
     "signed",
+    "draft",
     "any",
     "all",
     "not",
@@ -696,7 +706,9 @@ class Compiler:
             bounds = self.size_range(value, path, sizes=True)
             return SizeCondition(bounds) if bounds is not None else None
         want = self.boolean(value, path)
-        return PartFlagCondition(key, want) if want is not None else None
+        if want is None:
+            return None
+        return DraftCondition(want) if key == "draft" else PartFlagCondition(key, want)
 
     def _set_refs(self, value: Any, path: KeyPath) -> list[DomainSet] | None:
         names = self.texts(value, path)
@@ -882,8 +894,11 @@ class Compiler:
         return out[0] if len(out) == 1 else All(out)
 
     def _detector(self, value: Any, path: KeyPath) -> Condition | None:
-        spec = self.mapping(value, path, ("name", "min_count", "confidence"))
+        spec = self.mapping(value, path, ("name", "min_count", "min", "confidence"))
         if spec is None:
+            return None
+        if "min" in spec and "min_count" in spec:
+            self.fail((*path, "min"), "give min or min_count, not both")
             return None
         if "name" not in spec:
             self.fail(path, "a detector condition needs a name")
@@ -895,7 +910,8 @@ class Compiler:
                 self.fail(
                     (*path, "name"), f"unknown detector {n!r} (known: {', '.join(DETECTORS)})"
                 )
-        min_count = self.integer(spec.get("min_count", 1), (*path, "min_count"), 1)
+        key = "min" if "min" in spec else "min_count"
+        min_count = self.integer(spec.get(key, 1), (*path, key), 1)
         confidence = spec.get("confidence")
         if confidence is not None and confidence not in CONFIDENCES:
             self.fail((*path, "confidence"), f"expected one of {', '.join(CONFIDENCES)}")

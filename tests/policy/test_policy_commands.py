@@ -102,3 +102,38 @@ def test_failures_are_one_line_exit_1(
     config.write_text("hostname: gw.example\n")
     rc, _, err = cli("-c", str(config), "check", str(nobody))
     assert rc == 1 and "no policy" in err
+
+
+def test_inspect_and_check_read_labels_with_the_configured_policy(
+    tmp_path: Path, cli: Cli, write_eml: Callable[..., Path]
+) -> None:
+    """An alias and a Purview label GUID known only to the site policy: ``inspect -c`` and
+    ``check -c`` both read them; ``inspect`` without a configuration does not."""
+    guid = "3a6c2b49-0f4f-4a7e-9b59-2c3f6e3b1d11"
+    site = tmp_path / "local.yaml"
+    site.write_text(
+        "classifications:\n"
+        "  RAHASIA: {aliases: [Konfidensial]}\n"
+        f"  SANGAT_RAHASIA: {{guids: ['{guid}']}}\n"
+    )
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"routes:\n  sanapati: smtp://127.0.0.1:10026\npolicy: [{SHIPPED}, local.yaml]\n"
+    )
+    alias = write_eml(subject="[KONFIDENSIAL] Nota dinas", to=("warga@gmail.com",))
+    label = write_eml(
+        subject="Nota dinas",
+        to=("warga@gmail.com",),
+        headers=[("msip_labels", f"MSIP_Label_{guid}_Enabled=true; MSIP_Label_{guid}_Name=Khusus")],
+    )
+    for path, level in ((alias, "RAHASIA"), (label, "SANGAT_RAHASIA")):
+        rc, out, err = cli("-c", str(config), "inspect", "--json", str(path))
+        assert rc == 0, err
+        inspected = json.loads(out)
+        rc, out, err = cli("-c", str(config), "check", "--json", str(path))
+        assert rc == 0, err
+        checked = json.loads(out)
+        assert inspected["classification"] == checked["classification"] == level
+        assert inspected["labels"] == checked["findings"]["labels"]
+        rc, out, _ = cli("inspect", "--json", str(path))
+        assert rc == 0 and json.loads(out)["classification"] is None

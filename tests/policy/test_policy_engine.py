@@ -13,15 +13,17 @@ from milter.inspect.findings import (
     ATTACHMENT,
     ENCRYPTED,
     EXECUTABLE,
+    IMAGE_ONLY,
     MACRO,
     UNSCANNABLE,
     Detection,
+    Draft,
     Findings,
     Label,
     Part,
 )
 from milter.policy.conditions import KeywordIndex, selector_matcher
-from milter.policy.engine import Policy
+from milter.policy.engine import Policy, PolicyError
 from milter.policy.verdict import (
     AddHeader,
     Disclaimer,
@@ -270,7 +272,7 @@ rules:
     assert "kabar burung" in p.dictionaries["hoaks"] and "hoaks" in p.dictionaries["hoaks"]
     assert p.scheme.resolve("3a6c2b49-0f4f-4a7e-9b59-2c3f6e3b1d11") == "RAHASIA"
 
-    f = Findings(classification="RAHASIA", detectors={"nik": Detection("nik", 3, "medium")})
+    f = Findings(classification="RAHASIA", detectors={"nik": Detection("nik", 3, "low")})
     v = p.evaluate(Envelope("staf@jakarta.go.id", ("a@mitra-aman.example", "b@gmail.com")), f)
     assert outcome(v) == [
         ("a@mitra-aman.example", "deliver", "sanapati", ("rahasia-terbatas-sanapati",)),
@@ -398,6 +400,25 @@ def test_attachment_conditions(when: str, parts: list[Part], expect: bool) -> No
     assert matched(one(when), Findings(parts=tuple(parts)))[0] is expect
 
 
+def test_image_only_attachment_condition() -> None:
+    """A scan with no text layer (read only by OCR) can be ruled on by its flag, and a
+    typo'd flag is still an error at load time."""
+    scan = part("surat.pdf", "application/pdf", IMAGE_ONLY)
+    written = part("nota.pdf")
+    p = one("{attachment: {image_only: true, type: [application/pdf]}}")
+    got, reasons = matched(p, Findings(parts=(written, scan)))
+    assert got
+    assert reasons == (
+        "attachment surat.pdf (application/pdf) matches image_only; type application/pdf",
+    )
+    assert not matched(p, Findings(parts=(written,)))[0]
+    p = one("{attachment: {image_only: false, extension: [pdf]}}")
+    assert matched(p, Findings(parts=(scan, written)))[1][0].startswith("attachment nota.pdf")
+    assert not matched(p, Findings(parts=(scan,)))[0]
+    with pytest.raises(PolicyError, match="image-only"):
+        one("{attachment: {image-only: true}}")
+
+
 def test_message_level_unscannable_reason_is_explained() -> None:
     got, reasons = matched(
         one("{unscannable: true}"), Findings(unscannable=("archive expansion ratio over 100",))
@@ -418,8 +439,41 @@ def test_content_conditions() -> None:
     assert got and reasons == (
         "detectors found 10 distinct valid high-confidence values (nik 6, nip 4), at least 10",
     )
-    det["nip"] = Detection("nip", 5, "medium", 3)
+    det["nip"] = Detection("nip", 5, "low", 3)
     assert not matched(d, Findings(detectors=det))[0]
+
+
+@pytest.mark.parametrize(
+    ("spec", "expect"),
+    [
+        ("{name: nik, min: 10, confidence: high}", False),  # 4 high-confidence values
+        ("{name: nik, min: 4, confidence: high}", True),
+        ("{name: nik, min: 10, confidence: low}", True),  # every valid value counts
+        ("{name: nik, min: 10, confidence: medium}", True),  # the older name of low
+        ("{name: nik, min: 10}", True),  # default: any confidence, as before
+        ("{name: nik, min_count: 11}", False),
+    ],
+)
+def test_detector_confidence(spec: str, expect: bool) -> None:
+    det = {"nik": Detection("nik", 10, "high", 4)}
+    assert matched(one(f"{{content: {{detector: {spec}}}}}"), Findings(detectors=det))[0] is expect
+
+
+def test_draft_condition_explains_the_evidence() -> None:
+    drafts = (
+        Draft(
+            "attachment:nota.docx:word/document.xml", "tracked changes (2 insertions, 0 deletions)"
+        ),
+        Draft("attachment:nota.docx:word/header1.xml", "watermark KONSEP"),
+    )
+    got, reasons = matched(one("{draft: true}"), Findings(drafts=drafts))
+    assert got and reasons == (
+        "draft: attachment:nota.docx:word/document.xml: tracked changes (2 insertions, 0 "
+        "deletions); attachment:nota.docx:word/header1.xml: watermark KONSEP",
+    )
+    assert not matched(one("{draft: true}"), Findings())[0]
+    got, reasons = matched(one("{draft: false}"), Findings())
+    assert got and reasons == ("no document is a draft",)
 
 
 def test_keywords_in_subject_and_whole_words_only() -> None:

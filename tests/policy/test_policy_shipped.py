@@ -29,6 +29,9 @@ from policy_fixtures import (
 from milter.envelope import Envelope
 from milter.inspect import inspect_message
 from milter.policy.engine import Policy
+from tests.labelled.build import docx, pdf
+from tests.labelled.make import lookalikes
+from tests.labelled.make import niks as resident_niks
 
 GMAIL = "warga@gmail.com"
 INTERNAL = "kepala@dinas.jakarta.go.id"
@@ -63,6 +66,19 @@ NIK_BODY = "Daftar penerima bantuan sosial:\n" + "\n".join(
     f"{i}. NIK {n} atas nama warga {i}" for i, n in enumerate(niks(12), 1)
 )
 NIK_BODY_9 = "Penerima:\n" + "\n".join(f"NIK {n}" for n in niks(9))
+NIK_CSV = (
+    "No,Nama,NIK,Kelurahan\n"
+    + "".join(f"{i},Warga {i},{n},Gambir\n" for i, n in enumerate(resident_niks(300, 11), 1))
+).encode()
+# Order ids and virtual accounts that happen to have the structure of a NIK: a
+# structure-only count would reach the bulk rule hundreds of times over.
+ORDERS_CSV = (
+    "order_id,virtual_account,amount\n"
+    + "".join(
+        f"{a},{b},50000\n" for a, b in zip(lookalikes(300, 12), lookalikes(300, 13), strict=True)
+    )
+).encode()
+DRAFT_DOCX = docx(["Rencana kegiatan tahun depan."], tracked=True)
 
 CASES = [
     Case(
@@ -227,6 +243,33 @@ CASES = [
         matched={"data-pribadi-massal"},
     ),
     Case("5-nine-nik-pass", {"body": NIK_BODY_9}, (GMAIL,), {GMAIL: (*UPSTREAM, [])}),
+    Case(
+        "5-csv-nik-column-held",
+        {"attachments": [("warga.csv", NIK_CSV, "text/csv")]},
+        (GMAIL, INTERNAL),
+        {GMAIL: (*HOLD, ["data-pribadi-massal"]), INTERNAL: (*UPSTREAM, [])},
+        matched={"data-pribadi-massal"},
+    ),
+    Case(
+        "5-csv-order-ids-pass",
+        {"attachments": [("transaksi.csv", ORDERS_CSV, "text/csv")]},
+        (GMAIL,),
+        {GMAIL: (*UPSTREAM, [])},
+    ),
+    # decision 8
+    Case(
+        "8-draft-outside-audited-and-delivered",
+        {"attachments": [("rencana.docx", DRAFT_DOCX, "application/octet-stream")]},
+        (GMAIL, INTERNAL, SECURE),
+        {GMAIL: (*UPSTREAM, []), INTERNAL: (*UPSTREAM, []), SECURE: (*UPSTREAM, [])},
+        matched={"konsep-keluar"},
+    ),
+    Case(
+        "8-final-document-not-audited",
+        {"attachments": [("rencana.pdf", pdf([["Rencana kegiatan."]]), "application/pdf")]},
+        (GMAIL,),
+        {GMAIL: (*UPSTREAM, [])},
+    ),
     # decision 6
     Case(
         "6-hoax-audited-and-delivered",
@@ -305,6 +348,22 @@ def test_decision_6_audit_notifies_officers_only(shipped_policy: Policy) -> None
     (result,) = [r for r in v.rules if r.name == "konten-terlarang"]
     assert result.mode == "audit" and result.matched
     assert "provokasi" in result.reasons[0] and "ujaran kebencian" in result.reasons[0]
+
+
+def test_decision_8_draft_audit_notifies_officers_with_evidence(shipped_policy: Policy) -> None:
+    data = build_message(
+        attachments=[("rencana.docx", DRAFT_DOCX, "application/octet-stream")], to=(GMAIL,)
+    )
+    findings = inspect_message(data, scheme=shipped_policy.scheme)
+    v = shipped_policy.evaluate(Envelope("budi@jakarta.go.id", (GMAIL, INTERNAL)), findings)
+    assert v.audit == ("konsep-keluar",)
+    assert [(n.rule, n.targets) for n in v.notify] == [("konsep-keluar", ("officers",))]
+    assert [r.action for r in v.recipients] == ["deliver", "deliver"]
+    results = {r.recipient: r for r in v.rules if r.name == "konsep-keluar"}
+    assert results[GMAIL].matched and results[GMAIL].mode == "audit"
+    assert results[GMAIL].clause == "2.f"
+    assert "tracked changes (1 insertions, 1 deletions)" in results[GMAIL].reasons[0]
+    assert not results[INTERNAL].matched
 
 
 def test_clean_mail_rules_all_explained_and_unmatched(shipped_policy: Policy) -> None:

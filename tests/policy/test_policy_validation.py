@@ -179,6 +179,20 @@ def test_missing_file_and_duplicate_yaml_key(tmp_path: Path) -> None:
             "3:55: rules[0].when.content.detector.min_count: expected an integer >= 1",
         ),
         (
+            "rules:\n  - name: x\n    when: {content: {detector: {name: nik, confidence: sure}}}\n"
+            "    then: [deliver]\n",
+            "3:56: rules[0].when.content.detector.confidence: expected one of high, low, medium",
+        ),
+        (
+            "rules:\n  - name: x\n    when: {content: {detector: {name: nik, min: 2, "
+            "min_count: 3}}}\n    then: [deliver]\n",
+            "3:49: rules[0].when.content.detector.min: give min or min_count, not both",
+        ),
+        (
+            "rules:\n  - name: x\n    when: {draft: maybe}\n    then: [deliver]\n",
+            "3:19: rules[0].when.draft: expected true or false",
+        ),
+        (
             "rules:\n  - name: x\n    then: [{bcc: not-an-address}]\n",
             "3:18: rules[0].then[0].bcc: not a mail address: 'not-an-address'",
         ),
