@@ -11,14 +11,26 @@ import sys
 from collections.abc import Callable, Sequence
 
 from milter import __version__
-from milter.commands import dkim, init, inspect, policy, quarantine, serve
+from milter.commands import dkim, init, inspect, policy, quarantine, report, review, serve, user
+from milter.commands import queue as retry_queue
 from milter.config import ConfigError, default_config_path
 from milter.errors import UserError
 from milter.yamlsource import SourceError
 
 # Each module adds its subcommands through ``register(subparsers)`` and sets ``func`` on
 # its parsers: a callable taking the parsed arguments, returning an exit code.
-COMMAND_MODULES = (serve, inspect, policy, quarantine, dkim, init)
+COMMAND_MODULES = (
+    serve,
+    inspect,
+    policy,
+    quarantine,
+    dkim,
+    init,
+    review,
+    retry_queue,
+    user,
+    report,
+)
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -125,6 +125,22 @@ OCR_MESSAGES = Counter(
 NOTICE_KINDS = ("quarantine-notice", "officer-alert", "audit-alert", "rule-alert", "dsn")
 NOTICE_RESULTS = ("queued", "sent", "failed")
 NOTICES = Counter("milter_notices", "Notices by kind and result", ["kind", "result"])
+# The retry queue (milter.app.retryqueue): recipients queued after another way out of
+# their message accepted it; attempts by route and result (delivered, deferred, failed);
+# final failures by route and reason (refused: a 5xx; expired: queue.max_age). Its size
+# and oldest entry are read from the database at scrape time (``RetryQueueCollector``).
+RETRY_RESULTS = ("delivered", "deferred", "failed")
+RETRY_QUEUED = Counter(
+    "milter_retry_queued_recipients", "Recipients put in the retry queue, by route", ["route"]
+)
+RETRIES = Counter(
+    "milter_retry_attempts", "Retry queue attempts by route and result", ["route", "result"]
+)
+RETRY_FINAL_FAILURES = Counter(
+    "milter_retry_final_failures",
+    "Retry queue entries given up, by route and reason",
+    ["route", "reason"],
+)
 # Why TLS with a next hop failed: ``not_offered`` (route requires TLS, no STARTTLS),
 # ``starttls_refused``, ``handshake``, ``certificate`` (verification failed) and
 # ``cleartext_injection`` (bytes after the 220 to STARTTLS).
@@ -142,7 +158,7 @@ NEXTHOP_TLS_FAILURES = Counter(
 )
 NEXTHOP_ERROR_KINDS = ("temporary", "permanent")
 OUTCOMES = ("delivered", "quarantined", "partial", "rejected", "deferred")
-ACTIONS = ("delivered", "quarantined", "rejected", "refused", "deferred")
+ACTIONS = ("delivered", "quarantined", "rejected", "refused", "deferred", "queued")
 
 # How often the certificate probe runs; the certificates change rarely, an expiry
 # alert needs days of warning, and each probe is one connection per route.
@@ -175,6 +191,11 @@ def declare_routes(routes: Iterable[Route]) -> None:
         STAGE_SECONDS.labels("delivery", route.name)
         for kind in NEXTHOP_ERROR_KINDS:
             NEXTHOP_ERRORS.labels(route.name, kind)
+        RETRY_QUEUED.labels(route.name)
+        for result in RETRY_RESULTS:
+            RETRIES.labels(route.name, result)
+        for reason in ("refused", "expired"):
+            RETRY_FINAL_FAILURES.labels(route.name, reason)
         if route.scheme != "maildir" and route.tls != "none":
             for reason in TLS_FAILURE_REASONS:
                 NEXTHOP_TLS_FAILURES.labels(route.name, reason)
@@ -467,17 +488,72 @@ def serve(
         if store is not None:
             shared = store
             registry.register(QuarantineCollector(lambda: shared, owned=False))
+            registry.register(RetryQueueCollector(lambda: shared, owned=False))
         elif config.policy:
             from milter.quarantine.store import open_store
 
             quarantine = config.quarantine
             registry.register(QuarantineCollector(lambda: open_store(quarantine)))
+            registry.register(RetryQueueCollector(lambda: open_store(quarantine)))
         probe = CertificateProbe(routes, config.hostname)
         registry.register(probe)
     start_http_server(port, addr=host, registry=registry)
     if probe is not None and start_probe:
         probe.start()
     return probe
+
+
+class RetryQueueCollector(Collector):
+    """The retry queue's size and the age of its oldest entry, read at scrape time
+    (shared by the nodes of one PostgreSQL quarantine, so no worker knows it alone).
+    Opened and reopened like ``QuarantineCollector``."""
+
+    def __init__(
+        self,
+        open_store: Callable[[], QuarantineStore],
+        *,
+        owned: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._open = open_store
+        self._owned = owned
+        self._clock = clock
+        self._store: QuarantineStore | None = None
+        self._lock = threading.Lock()
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily("milter_retry_queue_entries", "Entries waiting in the retry queue"),
+            GaugeMetricFamily(
+                "milter_retry_queue_oldest_age_seconds",
+                "Age of the oldest entry of the retry queue (0 when it is empty)",
+            ),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        size, oldest = self._families()
+        try:
+            with self._lock:
+                if self._store is None:
+                    self._store = self._open()
+                count, first = self._store.retry_stats()
+        except Exception as exc:
+            logger.warning("retry queue not readable: %s: %s", type(exc).__name__, exc)
+            with self._lock:
+                store, self._store = self._store, None
+                if store is not None and self._owned:
+                    try:
+                        store.close()
+                    except Exception:
+                        logger.debug("closing the retry queue's store failed", exc_info=True)
+            return
+        size.add_metric([], count)
+        oldest.add_metric([], max(0.0, self._clock() - first) if first is not None else 0.0)
+        yield size
+        yield oldest
 
 
 def process_exited(pid: int) -> None:

@@ -335,3 +335,68 @@ def test_two_workers_share_inet_and_unix_milter_sockets(
     assert len(front.quarantine()) == 6
     assert gw.stop() == 0
     assert not (tmp_path / "milter.sock").exists()
+
+
+def test_a_hold_whose_result_the_mta_never_heard_is_withdrawn(
+    gateway_factory: Any, tmp_path: Path, sink: Sink
+) -> None:
+    """Postfix went away (its own milter timeout, a restart) while the hold was being
+    written: it has not queued the message and its client sends it again, so the hold
+    is taken back rather than left to become a second one."""
+    import sqlite3
+    import time
+
+    from milter.milterproto import codec
+    from tests.milterproto.mta import macro_data, split_message
+
+    address = f"inet:127.0.0.1:{free_port()}"
+    gw = gateway_factory(
+        listen=[],
+        milter={"listen": [address], "progress_interval": "0.3s"},
+        upstream=f"smtp://127.0.0.1:{sink.port}",
+        routes={"sanapati": {"url": f"maildir:{tmp_path}/sanapati", "tls": "none"}},
+        policy=POLICY,
+        notices={"enabled": False},
+        quarantine={
+            "database": f"sqlite:///{tmp_path}/q.sqlite3",
+            "spool": str(tmp_path / "spool"),
+            "timeout": "20s",
+        },
+    )
+    milter_gw = MilterGateway(gw, address, tmp_path)
+
+    async def hang_up_during_the_hold() -> None:
+        mta = await Mta.connect(milter_gw.address)
+        await mta.negotiate()
+        await mta.session(hostname="pc-budi.bpkd.jakarta.go.id", address="10.20.30.40", helo="x")
+        headers, body = split_message(RAHASIA)
+        await mta.envelope(SENDER, ["sari@gmail.com"], mail_macros=MAIL_MACROS)
+        await mta.content(headers, [body])
+        mta.send(codec.SMFIC_MACRO, macro_data("E", EOM_MACROS))
+        mta.send(codec.SMFIC_BODYEOB)
+        await mta.writer.drain()
+        # The filter tells the MTA to be patient while the store is locked: then hang up.
+        packet = await mta.read(20)
+        assert packet is not None and packet.command == codec.SMFIR_PROGRESS, packet
+        await mta.close()
+
+    db = sqlite3.connect(tmp_path / "q.sqlite3", isolation_level=None, timeout=20)
+    db.execute("BEGIN EXCLUSIVE")
+    try:
+        asyncio.run(hang_up_during_the_hold())
+        assert milter_gw.gw.wait_log("milter.mta_gone")
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    assert milter_gw.gw.wait_log("reply-lost")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        records = milter_gw.quarantine()
+        if records and all(r["status"] == "deleted" for r in records):
+            break
+        time.sleep(0.1)
+    assert [r["status"] for r in milter_gw.quarantine()] == ["deleted"]
+    # The MTA's retry is held once.
+    packets = milter_gw.run(SENDER, ["sari@gmail.com"], RAHASIA)
+    assert [chr(p.command) for p in packets] == ["d"]
+    assert sorted(r["status"] for r in milter_gw.quarantine()) == ["deleted", "held"]

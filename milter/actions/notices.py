@@ -1137,13 +1137,16 @@ def dsn(
     templates: Templates | None = None,
     now: float | None = None,
     sender_name: str = "",
+    delayed_until: float | None = None,
 ) -> bytes:
     """An RFC 3464 delivery status notification for the recipients in ``failed``.
 
     multipart/report; report-type=delivery-status with a human part (both languages),
     a message/delivery-status part with one block per failed recipient, and the
     original headers as text/rfc822-headers. ``delivered`` are the other recipients
-    (addresses, or ``Disposition`` to say by which way each went).
+    (addresses, or ``Disposition`` to say by which way each went). With
+    ``delayed_until`` it is a delay notice instead (``Action: delayed``, RFC 3464
+    section 2.3.3): the gateway keeps trying until then.
     """
     t = _templates(config, templates)
     entries = [_failed_entry(f) for f in failed]
@@ -1168,6 +1171,8 @@ def dsn(
             for e in entries
         ],
         "others": _dispositions(others),
+        "delayed": delayed_until is not None,
+        "until": moment(delayed_until, config.timezone) if delayed_until is not None else None,
     }
     title, body = t.render("dsn", values)
 
@@ -1181,10 +1186,15 @@ def dsn(
             "\r\n".join(
                 [
                     f"Final-Recipient: rfc822; {_ascii(e.address)}",
-                    "Action: failed",
+                    "Action: " + ("delayed" if delayed_until is not None else "failed"),
                     f"Status: {e.status}",
                     f"Diagnostic-Code: smtp; {_ascii(e.diagnostic or e.status)}",
                     f"Last-Attempt-Date: {_date(when)}",
+                    *(
+                        [f"Will-Retry-Until: {_date(delayed_until)}"]
+                        if delayed_until is not None
+                        else []
+                    ),
                 ]
             )
         )
@@ -1314,3 +1324,45 @@ def _self_check(t: Templates) -> None:
         outcomes=_SAMPLE_OTHERS,
         **values,  # type: ignore[arg-type]
     )
+
+
+def weekly_report(
+    config: NoticesConfig,
+    to: Sequence[str],
+    *,
+    period: tuple[float, float],
+    agencies: Sequence[Mapping[str, Any]],
+    templates: Templates | None = None,
+    now: float | None = None,
+) -> bytes:
+    """The weekly digest of clause 3.b for a head of agency or the officers.
+
+    ``agencies`` holds one mapping per agency: ``agency`` (a domain, or ``*`` for all
+    senders), ``held``, ``released``, ``deleted``, ``rejected`` and the
+    ``top_rules``/``top_clauses``/``top_destinations`` lists of (name, count). Every
+    value printed goes through ``printable`` (destinations come from envelopes).
+    """
+    t = _templates(config, templates)
+    zone = _zone(config.timezone)
+    first = dt.datetime.fromtimestamp(period[0], zone)
+    last = dt.datetime.fromtimestamp(period[1] - 1, zone)
+    rows = []
+    for a in agencies:
+        name = str(a["agency"])
+        everyone = name == "*"
+        rows.append(
+            {
+                **a,
+                "title_id": "Semua pengirim" if everyone else f"Dinas {name}",
+                "title_en": "All senders" if everyone else f"Agency {name}",
+            }
+        )
+    values = {
+        "period": {
+            "id": " - ".join(f"{d.day} {_MONTHS_ID[d.month - 1]} {d.year}" for d in (first, last)),
+            "en": " - ".join(f"{d.day} {d:%B %Y}" for d in (first, last)),
+        },
+        "agencies": rows,
+    }
+    subject, body = t.render("weekly_report", values)
+    return _compose(config, to, subject, body, now)

@@ -117,12 +117,80 @@ class Pending:
     limited: bool = False
 
 
-class NoticeOutbox:
+class ClaimingSender:
+    """The worker side of a durable queue in the quarantine database (the notice outbox,
+    the retry queue): a task that claims due rows, attempts each once, sleeps until woken
+    or the next poll, and on stopping hands back what it still holds claimed.
+
+    Subclasses supply ``run_once`` (claiming through ``self._claims``) and ``_unclaim``.
+    """
+
+    poll: float = POLL
+    name = "queue"
+
+    def __init__(self) -> None:
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._claims: set[str] = set()
+
+    async def run_once(self) -> int:
+        """Claim the due rows and attempt each once; return how many were attempted."""
+        raise NotImplementedError
+
+    async def _unclaim(self, claims: set[str]) -> None:
+        """Requeue, due now, the rows these claims still hold."""
+        raise NotImplementedError
+
+    def wake(self) -> None:
+        """Look for due rows now (one was just queued, or made due)."""
+        self.start()
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                busy = await self.run_once() >= BATCH
+            except Exception as exc:
+                log.failure(f"{self.name}-failed", exc, logging.WARNING)
+                busy = False
+            if busy:
+                continue
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll)
+
+    def start(self) -> None:
+        """Run the sender in this event loop (once); a no-op outside one."""
+        if self._task is not None and not self._task.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._task = loop.create_task(self._loop())
+        self._wake.set()  # rows a previous run left behind
+
+    async def close(self) -> None:
+        """Stop the sender; what it holds claimed goes back to the queue, due now."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._claims:
+            claims, self._claims = set(self._claims), set()
+            with contextlib.suppress(Exception):
+                await self._unclaim(claims)
+
+
+class NoticeOutbox(ClaimingSender):
     """The durable queue of notices and the sender that works it, one per worker.
 
     ``store`` is called for the quarantine store the outbox lives in (opened on first
     use, so a worker that never notifies never connects); ``send`` delivers one notice.
     """
+
+    name = "notice-outbox"
 
     def __init__(
         self,
@@ -135,6 +203,7 @@ class NoticeOutbox:
         lease: float = LEASE,
         autostart: bool = True,
     ) -> None:
+        super().__init__()
         self._store = store
         # False leaves every attempt to explicit ``run_once`` calls (tests, tools).
         self.autostart = autostart
@@ -144,9 +213,9 @@ class NoticeOutbox:
         self.clock = clock
         self.lease = lease
         self.poll = min(POLL, max(0.05, min(self.retry)))
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._claims: set[str] = set()
+        # How blocking store calls run: the pipeline hands over its own store threads
+        # (``StoreCalls``), so a frozen database never ties up the default pool.
+        self.call: Callable[..., Awaitable[Any]] = asyncio.to_thread
 
     # -- queueing ---------------------------------------------------------------------
 
@@ -155,9 +224,9 @@ class NoticeOutbox:
     ) -> int | None:
         """Queue a notice durably and wake the sender; None when ``limit`` (notices to
         this sender per hour) is reached. Raises the store's error when it cannot."""
-        store = await asyncio.to_thread(self._store)
+        store: QuarantineStore = await self.call(self._store)
         key = sender.strip("<>").lower() if limit is not None else None
-        notice_id = await asyncio.to_thread(
+        notice_id: int | None = await self.call(
             store.enqueue_notice,
             kind,
             sender,
@@ -183,8 +252,8 @@ class NoticeOutbox:
 
     async def run_once(self) -> int:
         """Claim the due notices and attempt each once; return how many were attempted."""
-        store = await asyncio.to_thread(self._store)
-        claimed = await asyncio.to_thread(
+        store: QuarantineStore = await self.call(self._store)
+        claimed: list[OutboxNotice] = await self.call(
             store.claim_notices, self.clock(), limit=BATCH, lease=self.lease
         )
         self._claims.update(n.claim for n in claimed)
@@ -221,7 +290,7 @@ class NoticeOutbox:
             )
         reply = f"{result.code} {result.message}".strip()
         if not remaining:
-            await asyncio.to_thread(store.notice_sent, notice.id, notice.claim, now)
+            await self.call(store.notice_sent, notice.id, notice.claim, now)
             _count(notice.kind, "sent")
             log.event(
                 "notice",
@@ -233,9 +302,7 @@ class NoticeOutbox:
             )
             return
         if now - notice.created_at >= self.give_up:
-            await asyncio.to_thread(
-                store.notice_failed, notice.id, notice.claim, now=now, error=reply
-            )
+            await self.call(store.notice_failed, notice.id, notice.claim, now=now, error=reply)
             _count(notice.kind, "failed")
             log.event(
                 "notice-given-up",
@@ -248,7 +315,7 @@ class NoticeOutbox:
             )
             return
         wait = self.delay(notice.attempts)
-        await asyncio.to_thread(
+        await self.call(
             store.notice_retry,
             notice.id,
             notice.claim,
@@ -268,42 +335,9 @@ class NoticeOutbox:
             reply=reply,
         )
 
-    async def _loop(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                busy = await self.run_once() >= BATCH
-            except Exception as exc:
-                log.failure("notice-outbox-failed", exc, logging.WARNING)
-                busy = False
-            if busy:
-                continue
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll)
-
-    def start(self) -> None:
-        """Run the sender in this event loop (once); a no-op outside one."""
-        if self._task is not None and not self._task.done():
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self._task = loop.create_task(self._loop())
-        self._wake.set()  # rows a previous run left behind
-
-    async def close(self) -> None:
-        """Stop the sender; what it holds claimed goes back to the queue, due now."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self._claims:
-            claims, self._claims = set(self._claims), set()
-            with contextlib.suppress(Exception):
-                store = await asyncio.to_thread(self._store)
-                await asyncio.to_thread(store.unclaim_notices, claims, self.clock())
+    async def _unclaim(self, claims: set[str]) -> None:
+        store: QuarantineStore = await self.call(self._store)
+        await self.call(store.unclaim_notices, claims, self.clock())
 
 
 class GatewayNotifier:
@@ -341,6 +375,23 @@ class GatewayNotifier:
             if self._store is None:
                 self._store = open_store(self.config.quarantine)
             return self._store
+
+    async def submit_notice(self, kind: str, sender: str, rcpts: list[str], data: bytes) -> None:
+        """Queue one notice about a message (the retry queue's DSNs and delay notices),
+        counted against ``sender``'s hourly limit; sent directly when there is no outbox."""
+        if not self.config.notices.enabled:
+            return
+        limit = self.config.notices.rate_limit
+        try:
+            queued = await self.outbox.submit(kind, sender, rcpts, data, limit=limit)
+        except Exception as exc:
+            log.failure("notice-outbox-unavailable", exc, logging.WARNING)
+            if self.limiter.allow(sender.lower()):
+                result = await self._deliver(rcpts, data)
+                _count(kind, "sent" if result.ok else "failed")
+            return
+        if queued is None:
+            log.event("notice-rate-limited", kind=kind, sender=sender)
 
     async def _deliver(self, rcpts: list[str], data: bytes) -> DeliveryResult:
         utf8 = any(not a.isascii() for a in rcpts)

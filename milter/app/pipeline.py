@@ -3,8 +3,11 @@
 Front-ends (the SMTP proxy now, a Sendmail-milter front-end later) know only the
 protocol; this module knows the order of things that makes the gateway safe:
 inspect, decide, store what is held (durably) before delivering what is allowed,
-and only then say 250. Anything that goes wrong on the way is a 4xx, so the
-sender keeps the message and retries: mail is never lost.
+and only then say 250. Anything that goes wrong before any way out accepted is a
+4xx, so the sender keeps the message and retries: mail is never lost. Once one way
+accepted (a next hop's 2xx, a durable hold), a 4xx would make the sender's retry
+deliver a second copy to those already served; then what deferred goes to the
+gateway's own retry queue (``milter.app.retryqueue``), durably, before the 250.
 """
 
 from __future__ import annotations
@@ -17,16 +20,19 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from milter import log, metrics
 from milter.app.inspection import InspectionPool
 from milter.app.outbound import Outbound
 from milter.app.release import ReleasePlan
+from milter.app.retryqueue import RetryQueue, StoreCalls
 from milter.config import GatewayConfig
 from milter.delivery import Deliverer, DeliveryResult, split_status
 from milter.envelope import Envelope, new_id
 from milter.inspect.findings import Findings
+from milter.inspect.simple import cheap_to_inspect
 from milter.message import Message
 from milter.policy.verdict import RecipientVerdict, Rewrite, Verdict, deliver_all
 from milter.quarantine.store import DELETED, QuarantineRecord
@@ -83,7 +89,7 @@ class RecipientOutcome:
     """What happened to one envelope recipient."""
 
     address: str
-    action: str  # delivered | quarantined | rejected | refused | deferred
+    action: str  # delivered | quarantined | rejected | refused | deferred | queued
     reply: Reply
     route: str | None = None
     rules: tuple[str, ...] = ()
@@ -111,6 +117,9 @@ class Outcome:
     # Milter mode: the recipients the MTA's own copy still serves, and that copy as the
     # gateway prepared it (rewritten, signed); None when the gateway delivered them all.
     kept: Kept | None = None
+    # The retry queue entries holding recipients that deferred after another way out
+    # accepted the message (action ``queued``).
+    queued: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -131,6 +140,39 @@ def _tempfail(env: Envelope, classification: str | None = None) -> Outcome:
     """451 for every recipient: nothing was delivered, the sender keeps the message."""
     deferred = [RecipientOutcome(a, "deferred", TEMP_FAILURE) for a in env.rcpt_tos]
     return Outcome(TEMP_FAILURE, deferred, classification=classification)
+
+
+@dataclass
+class _Leftover:
+    """One way out's recipients that deferred, with what the retry queue needs."""
+
+    route: str
+    rewrites: tuple[Rewrite, ...]
+    rcpts: list[RecipientVerdict]
+    addresses: list[str]  # deferred, bcc addresses of the group included
+    result: DeliveryResult
+    prepared: Message | None
+
+
+def _deferred_addresses(rcpts: list[RecipientVerdict], result: DeliveryResult) -> list[str]:
+    """The addresses of one group (recipients and their bcc) the next hop deferred."""
+    addresses = list(dict.fromkeys([r.address for r in rcpts] + [b for r in rcpts for b in r.bcc]))
+    out = []
+    for a in addresses:
+        if a in result.refused:
+            if result.refused[a][0] < 500:
+                out.append(a)
+        elif not (result.ok and 200 <= result.code < 300) and result.code < 500:
+            out.append(a)
+    return out
+
+
+def _withdraw_quietly(store: StoreLike, qid: str, reason: str) -> None:
+    """Withdraw a hold from a store thread, expecting it may be gone already."""
+    try:
+        store.transition(qid, DELETED, "gateway", reason, action="withdraw")
+    except Exception as exc:
+        log.failure("withdraw-failed", exc, quarantine_id=qid)
 
 
 def received_header(config: GatewayConfig, env: Envelope) -> bytes:
@@ -203,6 +245,9 @@ class Pipeline:
         self.inspection: InspectionPool | None = None
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inspect")
         self._background: set[asyncio.Task[None]] = set()
+        # Store calls on threads of their own, each within ``quarantine.timeout``.
+        self.store_calls = StoreCalls(config.quarantine.timeout)
+        self.retry: RetryQueue | None = None
 
     def use_policy(self, policy: PolicyLike, inspector: Inspector) -> None:
         """Switch to a reloaded policy; messages already being decided keep the old one."""
@@ -238,6 +283,7 @@ class Pipeline:
             findings, verdict = None, fallback
         outcome = await self._act(env, message, findings, verdict, keep)
         self._finish(env, message, outcome, started, verdict)
+        self._record_rejections(env, outcome, verdict)
         if any(o.action in ("rejected", "refused") for o in outcome.recipients):
             message.head()  # kept for the DSN: the spool file goes with the session
         if self.notifier is not None and outcome.reply.code < 400:
@@ -245,6 +291,28 @@ class Pipeline:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         return outcome
+
+    def _record_rejections(self, env: Envelope, outcome: Outcome, verdict: Verdict) -> None:
+        """Rejected recipients leave no hold, but the agency dashboard and the weekly
+        digest (clause 3.b) count them: a row in the store, written off the event loop
+        and without holding up the reply; losing one costs a figure, not a message."""
+        store = self.store
+        rejected = [o for o in outcome.recipients if o.action == "rejected"]
+        if not rejected or store is None or not hasattr(store, "record_rejection"):
+            return
+        addresses = {o.address for o in rejected}
+        clauses = [c for r in verdict.recipients if r.address in addresses for c in r.clauses]
+        self.store_calls.submit(
+            partial(
+                store.record_rejection,
+                at=time.time(),
+                queue_id=env.queue_id,
+                sender=env.mail_from,
+                recipients=[o.address for o in rejected],
+                rules=list(dict.fromkeys(x for o in rejected for x in o.rules)),
+                clauses=list(dict.fromkeys(clauses)),
+            )
+        )
 
     def _on_error(self, env: Envelope) -> Verdict | None:
         """``on_error`` when inspection or policy failed: None means tempfail (451, the
@@ -266,7 +334,17 @@ class Pipeline:
             return None, deliver_all(env.rcpt_tos)
         t0 = time.monotonic()
         try:
-            if self.inspection is not None:
+            limit = self.config.inspect.inline_max
+            if self.inspection is not None and limit and message.size <= limit:
+                data = message.content()
+                inline = cheap_to_inspect(data, limit)
+            else:
+                inline = False
+            if inline:
+                # A small all-text message costs less to inspect than to hand to a
+                # child process, and its cost is bounded by its size.
+                findings = self.inspector(data)
+            elif self.inspection is not None:
                 findings = await self.inspection.inspect(message.content())
             else:
                 findings = await self._inspect_in_thread(self.inspector, message)
@@ -378,16 +456,26 @@ class Pipeline:
             for (route, rewrites), rcpts in groups.items()
         ]
         results = await asyncio.gather(*sends, return_exceptions=True)
-        for (route, _), rcpts, got in zip(groups, groups.values(), results, strict=True):
+        leftovers: list[_Leftover] = []
+        accepted = bool(records)  # a durable hold is a way out that accepted
+        for (route, rewrites), rcpts, got in zip(groups, groups.values(), results, strict=True):
+            copy: Message | None = None
             if isinstance(got, BaseException):
                 # One group's local failure defers that group only; the others keep
                 # the outcome they really had.
                 log.failure("delivery-failed", got, route=route, **_ids(env))
                 result = DeliveryResult.failed(TEMP_FAILURE, [r.address for r in rcpts], route)
             else:
-                result = got
+                result, copy = got
+            accepted = accepted or (result.ok and 200 <= result.code < 300)
             for r in rcpts:
                 outcomes[r.address] = self._recipient_outcome(r, route, result)
+            left = _deferred_addresses(rcpts, result)
+            if left:
+                leftovers.append(_Leftover(route, rewrites, rcpts, left, result, copy))
+        queued: list[str] = []
+        if leftovers and accepted and self.retry is not None:
+            queued = await self._queue_leftovers(env, message, findings, leftovers, outcomes)
         ordered = [outcomes[a] for a in dict.fromkeys(r.address for r in verdict.recipients)]
         rules = tuple(dict.fromkeys(x for r in verdict.recipients for x in r.rules))
         reply = self._reply(env, ordered, quarantine_id)
@@ -396,24 +484,111 @@ class Pipeline:
             # as second holds (and, once released, second deliveries).
             await self._withdraw(env, records, reply)
             records, quarantine_id = [], None
-        return Outcome(reply, ordered, quarantine_id, verdict.classification, rules, records, kept)
+        return Outcome(
+            reply, ordered, quarantine_id, verdict.classification, rules, records, kept, queued
+        )
 
-    async def _withdraw(self, env: Envelope, records: list[QuarantineRecord], reply: Reply) -> None:
+    async def _queue_leftovers(
+        self,
+        env: Envelope,
+        message: Message,
+        findings: Findings | None,
+        leftovers: list[_Leftover],
+        outcomes: dict[str, RecipientOutcome],
+    ) -> list[str]:
+        """Queue what deferred, durably, so the message can be answered 250; nothing
+        (and the outcomes as they were: a 451 follows) when any entry cannot be written."""
+        retry = self.retry
+        if retry is None:
+            return []
+        added: list[str] = []
+        marked: dict[str, RecipientOutcome] = {}
+        try:
+            for left in leftovers:
+                copy = left.prepared
+                if copy is None:
+                    copy = await self._prepared(env, message, left.rewrites)
+                error = f"{left.result.code} {left.result.message}".strip()
+                entry = retry.entry(
+                    queue_id=env.queue_id,
+                    sender=env.mail_from,
+                    recipients=left.addresses,
+                    route=left.route,
+                    size=copy.size,
+                    smtputf8=env.smtputf8,
+                    dsn_params=env.dsn,
+                    info={
+                        "subject": findings.subject if findings is not None else "",
+                        "recipients": list(env.rcpt_tos),
+                        "bcc": sorted({b for r in left.rcpts for b in r.bcc}),
+                        "rewrites": [str(rw) for rw in left.rewrites],
+                        "client": env.client_addr,
+                    },
+                    error=error,
+                )
+                await retry.add(entry, copy.content())
+                added.append(entry.id)
+                for r in left.rcpts:
+                    if r.address in left.addresses:
+                        text = (
+                            f"dalam antrean ulang gateway {entry.id} / "
+                            f"queued for retry by the gateway {entry.id}"
+                        )
+                        marked[r.address] = RecipientOutcome(
+                            r.address, "queued", Reply(250, text, "2.0.0"), left.route, r.rules
+                        )
+        except Exception as exc:
+            log.failure("queue-failed", exc, **_ids(env))
+            if added:
+                await retry.withdraw(added, "another entry of its message could not be queued")
+            return []
+        outcomes.update(marked)
+        return added
+
+    async def abandoned(self, env: Envelope, outcome: Outcome) -> None:
+        """The client went away before hearing the reply, so it will send the message
+        again: take back what that retry would duplicate (holds, queue entries).
+
+        Deliveries a next hop already accepted cannot be taken back; they stand.
+        """
+        if outcome.reply.code >= 400:
+            return  # holds and queue entries of a 4xx were withdrawn already
+        why = "the client went away before the reply: it sends the message again"
+        if outcome.records:
+            await self._withdraw(env, outcome.records, outcome.reply, why=why)
+        if outcome.queued and self.retry is not None:
+            await self.retry.withdraw(outcome.queued, why)
+        log.event(
+            "reply-lost",
+            logging.WARNING,
+            **_ids(env),
+            reply=outcome.reply.line(),
+            withdrawn=[r.id for r in outcome.records] + list(outcome.queued),
+            delivered=[o.address for o in outcome.recipients if o.action == "delivered"],
+        )
+
+    async def _withdraw(
+        self,
+        env: Envelope,
+        records: list[QuarantineRecord],
+        reply: Reply,
+        *,
+        why: str | None = None,
+    ) -> None:
         store = self.store
         if store is None:
             return
+        reason = why or f"transaction answered {reply.code}: the client retries"
         for record in records:
             try:
-                await asyncio.to_thread(
-                    store.transition,
-                    record.id,
-                    DELETED,
-                    "gateway",
-                    f"transaction answered {reply.code}: the client retries",
-                    action="withdraw",
+                await self.store_calls(
+                    store.transition, record.id, DELETED, "gateway", reason, action="withdraw"
                 )
             except Exception as exc:
                 log.failure("withdraw-failed", exc, quarantine_id=record.id, **_ids(env))
+                # Still take it back once the database answers: a hold nobody was told
+                # about must not wait for an officer's release.
+                self.store_calls.submit(_withdraw_quietly, store, record.id, reason)
 
     async def _deliver(
         self,
@@ -422,7 +597,7 @@ class Pipeline:
         route: str,
         rewrites: tuple[Rewrite, ...],
         rcpts: list[RecipientVerdict],
-    ) -> DeliveryResult:
+    ) -> tuple[DeliveryResult, Message]:
         out = await self._prepared(env, message, rewrites)
         addresses = list(
             dict.fromkeys([r.address for r in rcpts] + [b for r in rcpts for b in r.bcc])
@@ -435,7 +610,7 @@ class Pipeline:
         if not result.ok:
             kind = "temporary" if result.code < 500 else "permanent"
             metrics.NEXTHOP_ERRORS.labels(route, kind).inc()
-        return result
+        return result, out
 
     async def _prepared(
         self, env: Envelope, message: Message, rewrites: tuple[Rewrite, ...]
@@ -498,7 +673,7 @@ class Pipeline:
                 f"Penerusan tertunda, coba lagi / Next hop deferred: {worst.text}",
                 status,
             )
-        ok = [o for o in outcomes if o.action in ("delivered", "quarantined")]
+        ok = [o for o in outcomes if o.action in ("delivered", "quarantined", "queued")]
         if not ok:
             first = outcomes[0]
             if all(o.action == "rejected" for o in outcomes):
@@ -516,6 +691,13 @@ class Pipeline:
             parts.append(
                 f"{n} penerima ditahan di karantina {quarantine_id} (aturan {rules}) / "
                 f"{n} recipient(s) held in quarantine {quarantine_id} (rule {rules})"
+            )
+        queued = [o for o in outcomes if o.action == "queued"]
+        if queued:
+            n = len(queued)
+            parts.append(
+                f"{n} penerima dalam antrean ulang gateway / "
+                f"{n} recipient(s) queued for retry by the gateway"
             )
         failed = len(outcomes) - len(ok)
         if failed:
@@ -558,7 +740,12 @@ class Pipeline:
         )
         store = self.store
         t0 = time.monotonic()
-        await asyncio.to_thread(store.put, message.content(), record)
+
+        def stored_late(_: str) -> None:
+            # Stored after the client was answered 451: it sends the message again.
+            _withdraw_quietly(store, record.id, "stored after the client was answered 451")
+
+        await self.store_calls(store.put, message.content(), record, late=stored_late)
         metrics.STAGE_SECONDS.labels("quarantine", "").observe(time.monotonic() - t0)
         return record
 
@@ -625,6 +812,29 @@ class Pipeline:
             metrics.declare_rules(getattr(self.policy, "rules", ()))
         if self.inspection is not None:
             await self.inspection.start()
+        self.start_retry_queue()
+
+    def start_retry_queue(self) -> None:
+        """Give this worker its retry queue sender (where the quarantine has one), and the
+        notices their store threads; entries other workers or a previous run left due
+        are sent from now on."""
+        store = self.store
+        if self.retry is not None or store is None or not hasattr(store, "retry_add"):
+            return
+        notifier = self.notifier
+        outbox = getattr(notifier, "outbox", None)
+        if outbox is not None:
+            outbox.call = self.store_calls
+        self.retry = RetryQueue(
+            self.config,
+            lambda: store,  # type: ignore[arg-type,return-value]
+            self.deliverer,
+            self.store_calls,
+            notify=getattr(notifier, "submit_notice", None),
+            is_internal=getattr(notifier, "is_internal", None),
+            templates=getattr(notifier, "templates", None),
+        )
+        self.retry.start()
 
     async def close(self) -> None:
         if self.inspection is not None:
@@ -635,5 +845,9 @@ class Pipeline:
         if self.notifier is not None:
             with contextlib.suppress(Exception):
                 await self.notifier.close()
+        if self.retry is not None:
+            with contextlib.suppress(Exception):
+                await self.retry.close()
         await self.deliverer.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.store_calls.shutdown()

@@ -1,8 +1,12 @@
 """``milter quarantine ...``: the compliance officers' command line.
 
-Every action that changes a message's fate is audited with who (``--actor`` or the
-OS user), what and why. Releasing is the application's ``release`` (the same the
-review UI calls): claimed first, sent the way the hold interrupted, sent once.
+Every action that changes a message's fate, and every look at a held message, is
+audited with who, what and why. Who is the authenticated OS user (``os_actor``):
+never an argument or an environment variable a user can set, or the hash-chained
+log would record whatever name they typed. Releasing and deleting are the
+application's ``review_release`` and ``review_delete``, the same the review UI calls:
+two officers for the classifications in ``review.two_person``, the policy checked
+again for a release to another address, claimed first and sent once.
 
 Subjects, addresses, file names and header values were written by the sender: every
 one is shown through ``printable`` (tables and text) or ``json_dumps`` (``--json``),
@@ -12,10 +16,12 @@ so a held message cannot send escape sequences to the officer's terminal.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import email
 import email.policy
-import getpass
+import os
+import pwd
 import sys
 import time
 from email.message import Message
@@ -24,14 +30,10 @@ from typing import Any
 from milter.commands import CommandError, load_config
 from milter.config import GatewayConfig, parse_duration
 from milter.quarantine.store import (
-    DELETED,
-    HELD,
-    RELEASED,
     STATUSES,
     QuarantineError,
     QuarantineRecord,
     QuarantineStore,
-    StateConflict,
     open_store,
 )
 from milter.text import json_dumps, printable
@@ -45,14 +47,33 @@ def _open(args: argparse.Namespace) -> tuple[GatewayConfig, QuarantineStore]:
         raise CommandError(f"quarantine: {exc}") from None
 
 
-def _actor(args: argparse.Namespace) -> str:
-    actor = getattr(args, "actor", None)
-    if actor:
-        return str(actor)
+def os_actor() -> str:
+    """Who is running this command, as the system authenticated them.
+
+    Through sudo (real uid 0 and ``SUDO_USER`` set, which sudo sets and only root can
+    fake) the user who ran sudo; else the real user's name in the password database.
+    ``$LOGNAME`` and ``$USER`` are ignored: anybody can set them.
+    """
+    uid = os.getuid()
+    sudo = os.environ.get("SUDO_USER", "").strip()
+    if uid == 0 and sudo and sudo != "root":
+        try:
+            return pwd.getpwnam(sudo).pw_name
+        except KeyError:
+            raise CommandError(f"SUDO_USER names no user of this system: {sudo!r}") from None
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        raise CommandError(f"uid {uid} has no entry in the password database") from None
+
+
+def _actor(args: argparse.Namespace) -> str:
+    if getattr(args, "actor", None) is not None:
+        raise CommandError(
+            "--actor is no longer accepted: the audit log records the OS user "
+            "(the sudo user when run through sudo)"
+        )
+    return os_actor()
 
 
 def _record(store: QuarantineStore, qid: str) -> QuarantineRecord:
@@ -141,6 +162,7 @@ def _parts(msg: Message) -> list[str]:
 
 
 def _show(args: argparse.Namespace) -> int:
+    actor = os_actor()
     _, store = _open(args)
     with store:
         rec = _record(store, args.id)
@@ -148,6 +170,10 @@ def _show(args: argparse.Namespace) -> int:
             data: bytes | None = store.read(args.id)
         except QuarantineError:
             data = None
+        try:
+            store.append_audit(actor, "view", rec.id, "quarantine show")
+        except QuarantineError as exc:
+            raise CommandError(str(exc)) from None
     if args.json:
         out = rec.to_dict()
         out["stored"] = data is not None
@@ -203,12 +229,13 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    actor = _actor(args)
     _, store = _open(args)
     with store:
         _record(store, args.id)
         try:
             data = store.read(args.id)
-            store.append_audit(_actor(args), "export", args.id, args.reason or "")
+            store.append_audit(actor, "export", args.id, args.reason or "")
         except QuarantineError as exc:
             raise CommandError(str(exc)) from None
     sys.stdout.flush()
@@ -221,44 +248,42 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _release(args: argparse.Namespace) -> int:
+    from milter.actions.rewrite import apply
     from milter.app.outbound import Outbound
-    from milter.app.release import release
+    from milter.app.release import review_release
     from milter.app.wiring import load_signer
 
+    actor = _actor(args)
     config, store = _open(args)
     with store:
-        from milter.actions.rewrite import apply
-
         outbound = Outbound(apply, load_signer(config))
-        done = release(
-            config,
-            store,
-            outbound,
-            args.id,
-            actor=_actor(args),
-            reason=args.reason,
-            to=args.to or (),
+        result = asyncio.run(
+            review_release(
+                config,
+                store,
+                outbound,
+                args.id,
+                actor=actor,
+                reason=args.reason,
+                to=tuple(args.to or ()),
+            )
         )
-    print(
-        f"{done.record.id} released to {printable(', '.join(done.recipients))}"
-        f" via {printable(done.route)}"
-    )
+    if result.status == "refused":
+        raise CommandError(printable(result.message))
+    print(printable(result.message))
     return 0
 
 
 def _delete(args: argparse.Namespace) -> int:
+    from milter.app.release import review_delete
+
+    actor = _actor(args)
     _, store = _open(args)
     with store:
-        rec = _record(store, args.id)
-        if rec.status not in (HELD, RELEASED):
-            raise CommandError(f"{rec.id} is {rec.status}; nothing left to delete")
-        try:
-            store.transition(rec.id, DELETED, _actor(args), args.reason, expected=rec.status)
-        except StateConflict as exc:
-            raise CommandError(f"{rec.id} changed meanwhile: it is now {exc.status}") from None
-        except QuarantineError as exc:
-            raise CommandError(str(exc)) from None
-    print(f"{rec.id} deleted")
+        result = review_delete(store, args.id, actor, args.reason)
+    if result.status == "refused":
+        raise CommandError(printable(result.message))
+    print(printable(result.message))
     return 0
 
 
@@ -322,7 +347,7 @@ def register(sub: Any) -> None:
     p = qs.add_parser("export", help="the original message (.eml) to standard output")
     p.add_argument("id")
     p.add_argument("--reason", help="why it is exported (audited)")
-    p.add_argument("--actor", help="who (default: the OS user)")
+    p.add_argument("--actor", help=argparse.SUPPRESS)  # refused: see os_actor
     p.set_defaults(func=_export)
 
     p = qs.add_parser("release", help="deliver a held message through its route, once")
@@ -332,15 +357,16 @@ def register(sub: Any) -> None:
         "--to",
         action="append",
         metavar="ADDRESS",
-        help="deliver to these instead of the recipients held (repeatable)",
+        help="send a copy to these addresses, if the policy delivers there; the hold "
+        "stays for its recipients (repeatable)",
     )
-    p.add_argument("--actor", help="who (default: the OS user)")
+    p.add_argument("--actor", help=argparse.SUPPRESS)  # refused: see os_actor
     p.set_defaults(func=_release)
 
     p = qs.add_parser("delete", help="discard a message (the record and audit stay)")
     p.add_argument("id")
     p.add_argument("--reason", required=True)
-    p.add_argument("--actor", help="who (default: the OS user)")
+    p.add_argument("--actor", help=argparse.SUPPRESS)  # refused: see os_actor
     p.set_defaults(func=_delete)
 
     p = qs.add_parser("expire", help="expire messages held beyond the retention")

@@ -168,8 +168,15 @@ class MilterHandler:
         self.pipeline = pipeline
 
     async def __call__(self, txn: MilterTransaction) -> MilterResult:
-        outcome = await self.pipeline.process(envelope_of(txn), txn.message, keep=True)
-        return to_result(outcome, txn)
+        env = envelope_of(txn)
+        outcome = await self.pipeline.process(env, txn.message, keep=True)
+        result = to_result(outcome, txn)
+
+        async def dropped() -> None:
+            await self.pipeline.abandoned(env, outcome)
+
+        result.dropped = dropped
+        return result
 
 
 def milter_server(config: GatewayConfig, pipeline: Pipeline) -> MilterServer:

@@ -537,6 +537,11 @@ class _Connection:
                 kind=result.kind,
                 queue_id=tx.macros.get("i", ""),
             )
+            if result.dropped is not None:
+                try:
+                    await result.dropped()
+                except Exception as exc:
+                    log.failure("milter.undo_failed", exc, peer=self.peer)
             return False
         try:
             packets = encode_result(result, self.actions, bool(self.protocol & SMFIP_HDR_LEADSPC))

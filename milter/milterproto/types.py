@@ -74,6 +74,10 @@ class MilterResult:
     replace_body: bytes | None = None  # CRLF lines, sent in chunks of 65535 bytes
     delete_rcpts: list[str] = field(default_factory=list)
     add_rcpts: list[str] = field(default_factory=list)
+    # Called when the MTA went away before hearing this result: it has not queued the
+    # message and its client will send it again, so what the handler made durable for
+    # it (holds, retry entries) must be taken back or the retry would duplicate it.
+    dropped: Callable[[], Awaitable[None]] | None = field(default=None, compare=False)
 
 
 Handler = Callable[[MilterTransaction], Awaitable[MilterResult]]

@@ -34,17 +34,28 @@ from milter.quarantine.store import (
     NOTICE_QUEUED,
     NOTICE_SENDING,
     NOTICE_SENT,
+    REJECTED,
+    RETRY_DELETED,
+    RETRY_FAILED,
+    RETRY_QUEUED,
+    RETRY_SENDING,
+    RETRY_SENT,
+    SEARCH_SORTS,
     AuditEntry,
+    Fact,
     NotFound,
     OutboxNotice,
     QuarantineRecord,
     QuarantineStore,
+    RetryEntry,
+    Search,
     StateConflict,
     StepHook,
     audit_hash,
     chain_problems,
     check_status,
     matches,
+    reversed_domain,
     status_problems,
 )
 
@@ -57,6 +68,9 @@ COLUMNS = (
 ADDED_COLUMNS = {
     "origin": "TEXT NOT NULL DEFAULT '{}'",
     "release_plan": "TEXT NOT NULL DEFAULT '{}'",
+    # The sender's domain reversed (``reversed_domain``), so an agency's mail is one
+    # index range; filled on insert, and for older rows by ``_backfill_rdomain``.
+    "sender_rdomain": "TEXT",
 }
 
 _AUDIT_COLUMNS = "seq, at, actor, action, qid, reason, prev_hash, hash"
@@ -71,6 +85,11 @@ OUTBOX_COLUMNS = (
 # claimed meanwhile is re-checked against its new state and skipped (PostgreSQL
 # re-evaluates the UPDATE's own conditions on the newest row version, not a subquery's).
 _DUE = "((status = ? AND next_attempt <= ?) OR (status = ? AND claimed_at < ?))"
+
+
+def _like_escape(text: str) -> str:
+    """``text`` matched literally by ``LIKE ... ESCAPE '!'``."""
+    return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
 
 
 def row_to_notice(row: Sequence[Any]) -> OutboxNotice:
@@ -239,8 +258,8 @@ class SqlStore(QuarantineStore):
 
     def _insert(self, db: Executor, rec: QuarantineRecord, data: bytes | None = None) -> None:
         """Insert the held record, and its bytes too when ``data`` is given."""
-        values = record_values(rec)
-        columns = COLUMNS
+        values = (*record_values(rec), reversed_domain(rec.sender))
+        columns = COLUMNS + ", sender_rdomain"
         if data is not None:
             columns += ", data"
             values += (data,)
@@ -350,6 +369,7 @@ class SqlStore(QuarantineStore):
             expired.append(qid)
         self._sweep(now, cutoff)
         self._purge_outbox(cutoff)
+        self._purge_retry(cutoff)
         return expired
 
     def append_audit(self, actor: str, action: str, qid: str, reason: str) -> AuditEntry:
@@ -395,30 +415,58 @@ class SqlStore(QuarantineStore):
     def claim_notices(
         self, now: float, *, limit: int = 20, lease: float = 600.0
     ) -> builtins.list[OutboxNotice]:
-        token = secrets.token_hex(12)
-        due = (NOTICE_QUEUED, now, NOTICE_SENDING, now - lease)
-        with self._transaction() as db:
-            rows = db.execute(
-                self._sql(
-                    "UPDATE notice_outbox SET status = ?, claim = ?, claimed_at = ?, "
-                    "updated_at = ?, attempts = attempts + 1 "
-                    f"WHERE id IN (SELECT id FROM notice_outbox WHERE {_DUE} "
-                    f"ORDER BY next_attempt, id LIMIT ?{self.skip_locked}) AND {_DUE} "
-                    f"RETURNING {OUTBOX_COLUMNS}"
-                ),
-                (NOTICE_SENDING, token, now, now, *due, limit, *due),
-            ).fetchall()
+        rows = self._claim_due("notice_outbox", OUTBOX_COLUMNS, now, limit=limit, lease=lease)
         return sorted((row_to_notice(r) for r in rows), key=lambda n: (n.next_attempt, n.id))
 
-    def _settle(self, notice_id: int, claim: str, assignments: str, values: Sequence[Any]) -> bool:
-        """Apply ``assignments`` to a notice only while ``claim`` still holds it."""
+    def _claim_due(
+        self,
+        table: str,
+        columns: str,
+        now: float,
+        *,
+        limit: int,
+        lease: float,
+        queued: str = NOTICE_QUEUED,
+        sending: str = NOTICE_SENDING,
+    ) -> builtins.list[Any]:
+        """Atomically claim up to ``limit`` due rows of a durable queue (the notice
+        outbox, the retry queue) for this caller alone; each claim counts an attempt.
+
+        Due: ``queued`` with ``next_attempt <= now``, or ``sending`` under a claim older
+        than ``lease`` (its worker died). The rows, as ``columns``, claimed.
+        """
+        token = secrets.token_hex(12)
+        due = (queued, now, sending, now - lease)
+        with self._transaction() as db:
+            return db.execute(
+                self._sql(
+                    f"UPDATE {table} SET status = ?, claim = ?, claimed_at = ?, "
+                    "updated_at = ?, attempts = attempts + 1 "
+                    f"WHERE id IN (SELECT id FROM {table} WHERE {_DUE} "
+                    f"ORDER BY next_attempt, id LIMIT ?{self.skip_locked}) AND {_DUE} "
+                    f"RETURNING {columns}"
+                ),
+                (sending, token, now, now, *due, limit, *due),
+            ).fetchall()
+
+    def _settle(
+        self,
+        notice_id: int | str,
+        claim: str,
+        assignments: str,
+        values: Sequence[Any],
+        *,
+        table: str = "notice_outbox",
+        sending: str = NOTICE_SENDING,
+    ) -> bool:
+        """Apply ``assignments`` to a claimed row only while ``claim`` still holds it."""
         with self._transaction() as db:
             row = db.execute(
                 self._sql(
-                    f"UPDATE notice_outbox SET {assignments}, claim = NULL "
+                    f"UPDATE {table} SET {assignments}, claim = NULL "
                     "WHERE id = ? AND claim = ? AND status = ? RETURNING id"
                 ),
-                (*values, notice_id, claim, NOTICE_SENDING),
+                (*values, notice_id, claim, sending),
             ).fetchone()
         return row is not None
 
@@ -494,3 +542,429 @@ class SqlStore(QuarantineStore):
                 r[0]: r[1] for r in db.execute("SELECT id, status FROM quarantine").fetchall()
             }
         return chain_problems(entries) + status_problems(statuses, entries)
+
+    # -- the review UI: search, per-message audit -------------------------------------
+
+    # How the reversed sender domain is compared, so that "." sorts right before "/"
+    # as ``_agency_range`` needs, whatever the database's own collation.
+    rdomain_collate: ClassVar[str] = ""
+
+    def _backfill_rdomain(self, db: Executor) -> None:
+        """Fill ``sender_rdomain`` on rows stored before it existed."""
+        rows = db.execute("SELECT id, sender FROM quarantine WHERE sender_rdomain IS NULL")
+        for qid, sender in rows.fetchall():
+            db.execute(
+                self._sql("UPDATE quarantine SET sender_rdomain = ? WHERE id = ?"),
+                (reversed_domain(sender), qid),
+            )
+
+    def _agency_range(self, domain: str) -> tuple[str, builtins.list[Any]]:
+        """The condition "sender in ``domain`` or one of its subdomains"."""
+        low = reversed_domain(domain)
+        if not low:
+            return "1 = 0", []
+        col = "sender_rdomain" + self.rdomain_collate
+        # Every value starting with ``low`` (which ends in ".") sorts in [low, low/):
+        # "/" is the character right after ".".
+        return f"({col} >= ? AND {col} < ?)", [low, low[:-1] + "/"]
+
+    def _text_index(self, needle: str) -> tuple[str, builtins.list[Any]]:
+        """A condition (ending in ``AND``) that narrows a substring search of subject,
+        sender and recipients through an index, before the exact ``LIKE`` runs on
+        what is left; nothing where the back-end has no such index."""
+        return "", []
+
+    def _text_exact(self, needle: str) -> tuple[str, builtins.list[Any]] | None:
+        """The whole condition "``needle`` is in subject, sender or recipients" where
+        an index answers it exactly by itself; else None."""
+        return None
+
+    def _search_where(self, s: Search) -> tuple[str, builtins.list[Any]]:
+        where: builtins.list[str] = []
+        params: builtins.list[Any] = []
+        if s.q.strip():
+            needle = s.q.strip().lower()
+            exact = self._text_exact(needle)
+            if exact is not None:
+                where.append(exact[0])
+                params += exact[1]
+            else:
+                cond, p = self._text_index(needle)
+                like = "%" + _like_escape(needle) + "%"
+                where.append(
+                    cond + "(lower(subject) LIKE ? ESCAPE '!' OR lower(sender) LIKE ? ESCAPE '!' "
+                    "OR lower(recipients) LIKE ? ESCAPE '!')"
+                )
+                params += [*p, like, like, like]
+        sender = s.sender.strip().lower()
+        if sender.startswith("@"):
+            where.append(f"sender_rdomain{self.rdomain_collate} = ?")
+            params.append(reversed_domain(sender))
+        elif sender:
+            where.append("lower(sender) = ?")
+            params.append(sender)
+        if s.recipient.strip():
+            # Recipients are a JSON list: the quotes anchor a whole address.
+            quoted = json.dumps(s.recipient.strip().lower(), ensure_ascii=False)
+            cond, p = self._text_index(quoted)
+            where.append(cond + "lower(recipients) LIKE ? ESCAPE '!'")
+            params += [*p, "%" + _like_escape(quoted) + "%"]
+        if s.rule.strip():
+            where.append("rules LIKE ? ESCAPE '!'")
+            quoted = json.dumps(s.rule.strip(), ensure_ascii=False)
+            params.append("%" + _like_escape(quoted) + "%")
+        if s.classification.strip():
+            where.append("classification = ?")
+            params.append(s.classification.strip())
+        if s.status:
+            where.append("status = ?")
+            params.append(s.status)
+        if s.since is not None:
+            where.append("received_at >= ?")
+            params.append(s.since)
+        if s.until is not None:
+            where.append("received_at < ?")
+            params.append(s.until)
+        if s.sender_domains is not None:
+            ranges = [self._agency_range(d) for d in s.sender_domains]
+            where.append("(" + (" OR ".join(c for c, _ in ranges) or "1 = 0") + ")")
+            for _, p in ranges:
+                params += p
+        return (" WHERE " + " AND ".join(where)) if where else "", params
+
+    def search(self, s: Search) -> tuple[builtins.list[QuarantineRecord], int]:
+        where, params = self._search_where(s)
+        key = s.sort.lstrip("-")
+        if key not in SEARCH_SORTS:  # ``Search`` checks it too; the name goes into SQL
+            raise ValueError(f"cannot sort by {key!r}")
+        order = "DESC" if s.sort.startswith("-") else "ASC"
+        if s.count_limit is None:
+            counting = "SELECT COUNT(*) FROM quarantine" + where
+        else:
+            counting = (
+                f"SELECT COUNT(*) FROM (SELECT 1 FROM quarantine{where} "
+                f"LIMIT {max(0, int(s.count_limit)) + 1}) AS capped"
+            )
+        with self._reading() as db:
+            total = int(db.execute(self._sql(counting), params).fetchone()[0])
+            hint = self._page_hint(s, key, total)
+            # The page's ids first, from the indexes alone where they suffice; then
+            # only those rows are read whole (findings and all).
+            rows = db.execute(
+                self._sql(
+                    f"SELECT {COLUMNS} FROM quarantine WHERE id IN "
+                    f"(SELECT id FROM quarantine{hint}{where} "
+                    f"ORDER BY {key} {order}, id {order} LIMIT ? OFFSET ?) "
+                    f"ORDER BY {key} {order}, id {order}"
+                ),
+                [*params, s.per_page, (s.page - 1) * s.per_page],
+            ).fetchall()
+        return [row_to_record(r) for r in rows], total
+
+    def _page_hint(self, s: Search, key: str, matches: int) -> str:
+        """How the page's rows are found, where the database's planner needs telling
+        (SQLite: see there); empty for a planner that weighs it itself."""
+        return ""
+
+    def _agencies_where(
+        self, sender_domains: tuple[str, ...] | None
+    ) -> tuple[str, builtins.list[Any]]:
+        if sender_domains is None:
+            return "", []
+        ranges = [self._agency_range(d) for d in sender_domains]
+        params: builtins.list[Any] = [p for _, ps in ranges for p in ps]
+        return " AND (" + (" OR ".join(c for c, _ in ranges) or "1 = 0") + ")", params
+
+    def record_rejection(
+        self,
+        *,
+        at: float,
+        queue_id: str,
+        sender: str,
+        recipients: Iterable[str],
+        rules: Iterable[str],
+        clauses: Iterable[str],
+    ) -> None:
+        with self._transaction() as db:
+            db.execute(
+                self._sql(
+                    "INSERT INTO rejections (at, queue_id, sender, sender_rdomain, recipients, "
+                    "rules, clauses) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                ),
+                (
+                    at,
+                    queue_id,
+                    sender,
+                    reversed_domain(sender),
+                    encode_list(list(recipients)),
+                    encode_list(list(rules)),
+                    encode_list(list(clauses)),
+                ),
+            )
+
+    def facts(
+        self, since: float, until: float, sender_domains: tuple[str, ...] | None = None
+    ) -> builtins.list[Fact]:
+        agencies, extra = self._agencies_where(sender_domains)
+        with self._reading() as db:
+            held = db.execute(
+                self._sql(
+                    "SELECT received_at, status, sender, recipients, rules, clauses "
+                    f"FROM quarantine WHERE received_at >= ? AND received_at < ?{agencies}"
+                ),
+                [since, until, *extra],
+            ).fetchall()
+            refused = db.execute(
+                self._sql(
+                    "SELECT at, sender, recipients, rules, clauses "
+                    f"FROM rejections WHERE at >= ? AND at < ?{agencies}"
+                ),
+                [since, until, *extra],
+            ).fetchall()
+        out = [
+            Fact(float(r[0]), r[1], r[2], decode_list(r[3]), decode_list(r[4]), decode_list(r[5]))
+            for r in held
+        ]
+        out += [
+            Fact(
+                float(r[0]), REJECTED, r[1], decode_list(r[2]), decode_list(r[3]), decode_list(r[4])
+            )
+            for r in refused
+        ]
+        return out
+
+    def audit_for(self, qid: str) -> builtins.list[AuditEntry]:
+        with self._reading() as db:
+            rows = db.execute(
+                self._sql(f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE qid = ? ORDER BY seq"),
+                (qid,),
+            ).fetchall()
+        return [AuditEntry(int(r[0]), *r[1:]) for r in rows]
+
+    # -- the retry queue --------------------------------------------------------------
+    # The gateway's own queue of deferred deliveries (``milter.app.retryqueue``), claimed
+    # and settled like the notice outbox (``_claim_due``, ``_settle``). Where its bytes
+    # live is the back-end's: ``_retry_write`` / ``_retry_bytes`` / ``_retry_discard``.
+
+    # True where the bytes go in the row's ``data`` column (one database shared by
+    # nodes); False where ``_retry_write`` puts them in a local spool first.
+    retry_bytes_in_row: ClassVar[bool] = False
+
+    def _retry_write(self, entry_id: str, data: bytes) -> None:
+        """Make an entry's bytes durable before its row is committed."""
+
+    def _retry_bytes(self, db: Executor, entry_id: str) -> bytes:
+        row = db.execute(
+            self._sql("SELECT data FROM retry_queue WHERE id = ?"), (entry_id,)
+        ).fetchone()
+        if row is None or row[0] is None:
+            raise NotFound(f"no bytes kept for queue entry {entry_id!r}")
+        return bytes(row[0])
+
+    def _retry_discard(self, entry_id: str) -> None:
+        """Remove bytes kept outside the database once the entry is settled."""
+
+    def retry_add(self, entry: RetryEntry, data: bytes) -> None:
+        values: builtins.list[Any] = [
+            entry.id,
+            entry.queue_id,
+            entry.sender,
+            encode_list(entry.recipients),
+            entry.route,
+            entry.created_at,
+            entry.next_attempt,
+            entry.size,
+            1 if entry.smtputf8 else 0,
+            json.dumps(dict(entry.dsn), ensure_ascii=False),
+            json.dumps(dict(entry.info), ensure_ascii=False, default=str),
+            RETRY_QUEUED,
+            entry.created_at,
+            entry.last_error,
+        ]
+        columns = RETRY_INSERT
+        if self.retry_bytes_in_row:
+            columns += ", data"
+            values.append(data)
+        else:
+            self._retry_write(entry.id, data)
+        marks = ", ".join("?" * len(values))
+        try:
+            with self._transaction() as db:
+                sql = f"INSERT INTO retry_queue ({columns}) VALUES ({marks})"
+                db.execute(self._sql(sql), values)
+        except BaseException:
+            if not self.retry_bytes_in_row:
+                self._retry_discard(entry.id)
+            raise
+
+    def retry_get(self, entry_id: str) -> RetryEntry | None:
+        with self._reading() as db:
+            row = db.execute(
+                self._sql(f"SELECT {RETRY_COLUMNS} FROM retry_queue WHERE id = ?"), (entry_id,)
+            ).fetchone()
+        return row_to_retry(row) if row else None
+
+    def retry_list(self, status: str | None = None) -> builtins.list[RetryEntry]:
+        sql = f"SELECT {RETRY_COLUMNS} FROM retry_queue WHERE status IN (?, ?)"
+        params: builtins.list[Any] = [RETRY_QUEUED, RETRY_SENDING]
+        if status is not None:
+            sql = f"SELECT {RETRY_COLUMNS} FROM retry_queue WHERE status = ?"
+            params = [status]
+        with self._reading() as db:
+            rows = db.execute(self._sql(sql + " ORDER BY created_at, id"), params).fetchall()
+        return [row_to_retry(r) for r in rows]
+
+    def retry_read(self, entry_id: str) -> bytes:
+        with self._reading() as db:
+            row = db.execute(
+                self._sql("SELECT status FROM retry_queue WHERE id = ?"), (entry_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no queue entry {entry_id!r}")
+            if row[0] not in (RETRY_QUEUED, RETRY_SENDING):
+                raise NotFound(f"queue entry {entry_id} is {row[0]}; its message is not kept")
+            return self._retry_bytes(db, entry_id)
+
+    def retry_claim(
+        self, now: float, *, limit: int = 20, lease: float = 600.0
+    ) -> builtins.list[RetryEntry]:
+        rows = self._claim_due(
+            "retry_queue",
+            RETRY_COLUMNS,
+            now,
+            limit=limit,
+            lease=lease,
+            queued=RETRY_QUEUED,
+            sending=RETRY_SENDING,
+        )
+        return sorted((row_to_retry(r) for r in rows), key=lambda e: (e.next_attempt, e.id))
+
+    def retry_settle(
+        self,
+        entry_id: str,
+        claim: str,
+        *,
+        status: str,
+        now: float,
+        error: str,
+        next_attempt: float | None = None,
+        recipients: Iterable[str] | None = None,
+        delay_notified: bool | None = None,
+    ) -> bool:
+        assignments = "status = ?, updated_at = ?, last_error = ?"
+        values: builtins.list[Any] = [status, now, error]
+        if next_attempt is not None:
+            assignments += ", next_attempt = ?"
+            values.append(next_attempt)
+        if recipients is not None:
+            assignments += ", recipients = ?"
+            values.append(encode_list(list(recipients)))
+        if delay_notified is not None:
+            assignments += ", delay_notified = ?"
+            values.append(1 if delay_notified else 0)
+        settled = status not in (RETRY_QUEUED, RETRY_SENDING)
+        if settled and self.retry_bytes_in_row:
+            assignments += ", data = NULL"
+        ok = self._settle(
+            entry_id, claim, assignments, values, table="retry_queue", sending=RETRY_SENDING
+        )
+        if ok and settled:
+            self._retry_discard(entry_id)
+        return ok
+
+    def retry_unclaim(self, claims: Iterable[str], now: float) -> None:
+        with self._transaction() as db:
+            for claim in claims:
+                db.execute(
+                    self._sql(
+                        "UPDATE retry_queue SET status = ?, claim = NULL, next_attempt = ?, "
+                        "attempts = attempts - 1, updated_at = ? WHERE claim = ? AND status = ?"
+                    ),
+                    (RETRY_QUEUED, now, now, claim, RETRY_SENDING),
+                )
+
+    def retry_now(self, entry_id: str | None, now: float) -> int:
+        sql = "UPDATE retry_queue SET next_attempt = ?, updated_at = ? WHERE status = ?"
+        params: builtins.list[Any] = [now, now, RETRY_QUEUED]
+        if entry_id is not None:
+            sql += " AND id = ?"
+            params.append(entry_id)
+        with self._transaction() as db:
+            rows = db.execute(self._sql(sql + " RETURNING id"), params).fetchall()
+        return len(rows)
+
+    def retry_delete(self, entry_id: str, actor: str, reason: str, *, action: str) -> RetryEntry:
+        drop = ", data = NULL" if self.retry_bytes_in_row else ""
+        with self._transaction() as db:
+            row = db.execute(
+                self._sql("SELECT status FROM retry_queue WHERE id = ?" + self.for_update),
+                (entry_id,),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no queue entry {entry_id!r}")
+            if row[0] != RETRY_QUEUED:
+                raise StateConflict(entry_id, row[0], RETRY_QUEUED)
+            db.execute(
+                self._sql(
+                    f"UPDATE retry_queue SET status = ?, updated_at = ?, last_error = ?{drop} "
+                    "WHERE id = ?"
+                ),
+                (RETRY_DELETED, time.time(), f"{action}: {reason}", entry_id),
+            )
+            self._append(db, actor, action, entry_id, reason)
+            out = db.execute(
+                self._sql(f"SELECT {RETRY_COLUMNS} FROM retry_queue WHERE id = ?"), (entry_id,)
+            ).fetchone()
+        self._retry_discard(entry_id)
+        return row_to_retry(out)
+
+    def retry_stats(self) -> tuple[int, float | None]:
+        with self._reading() as db:
+            row = db.execute(
+                self._sql(
+                    "SELECT COUNT(*), MIN(created_at) FROM retry_queue WHERE status IN (?, ?)"
+                ),
+                (RETRY_QUEUED, RETRY_SENDING),
+            ).fetchone()
+        return int(row[0]), (float(row[1]) if row[1] is not None else None)
+
+    def _purge_retry(self, cutoff: float) -> None:
+        """Forget entries settled before ``cutoff`` (the log keeps what happened)."""
+        with self._transaction() as db:
+            db.execute(
+                self._sql("DELETE FROM retry_queue WHERE status IN (?, ?, ?) AND updated_at < ?"),
+                (RETRY_SENT, RETRY_FAILED, RETRY_DELETED, cutoff),
+            )
+
+
+RETRY_INSERT = (
+    "id, queue_id, sender, recipients, route, created_at, next_attempt, size, smtputf8, "
+    "dsn, info, status, updated_at, last_error"
+)
+RETRY_COLUMNS = (
+    "id, queue_id, sender, recipients, route, created_at, next_attempt, size, smtputf8, "
+    "dsn, info, attempts, status, last_error, updated_at, delay_notified, claim"
+)
+
+
+def row_to_retry(row: Sequence[Any]) -> RetryEntry:
+    """The entry a ``RETRY_COLUMNS`` row describes."""
+    return RetryEntry(
+        id=row[0],
+        queue_id=row[1],
+        sender=row[2],
+        recipients=decode_list(row[3]),
+        route=row[4],
+        created_at=float(row[5]),
+        next_attempt=float(row[6]),
+        size=int(row[7]),
+        smtputf8=bool(row[8]),
+        dsn=json.loads(row[9] or "{}"),
+        info=json.loads(row[10] or "{}"),
+        attempts=int(row[11]),
+        status=row[12],
+        last_error=row[13] or "",
+        updated_at=float(row[14]) if row[14] is not None else None,
+        delay_notified=bool(row[15]),
+        claim=row[16] or "",
+    )

@@ -19,6 +19,7 @@ import secrets
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from milter.quarantine.sql import ADDED_COLUMNS, Executor, SqlStore
 from milter.quarantine.store import (
@@ -31,15 +32,74 @@ from milter.quarantine.store import (
     NotFound,
     QuarantineError,
     QuarantineRecord,
+    Search,
     StepHook,
     StoreUnavailable,
     record_for_put,
 )
 
+# -- the review UI: accounts, login failures, rejections, search indexes -------------
+# Run after ``ADDED_COLUMNS`` are in place (the indexes use ``sender_rdomain``).
+_REVIEW_SCHEMA = """
+CREATE TABLE IF NOT EXISTS review_users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    agencies TEXT NOT NULL DEFAULT '[]',
+    disabled INTEGER NOT NULL DEFAULT 0,
+    email TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    password_hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS login_failures (
+    name TEXT NOT NULL,
+    address TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS login_failures_name ON login_failures (name, at);
+CREATE INDEX IF NOT EXISTS login_failures_address ON login_failures (address, at);
+CREATE TABLE IF NOT EXISTS rejections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    queue_id TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    sender_rdomain TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    rules TEXT NOT NULL,
+    clauses TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejections_at ON rejections (at);
+CREATE INDEX IF NOT EXISTS rejections_agency ON rejections (sender_rdomain, at);
+CREATE INDEX IF NOT EXISTS quarantine_received ON quarantine (received_at, id);
+CREATE INDEX IF NOT EXISTS quarantine_size ON quarantine (size);
+CREATE INDEX IF NOT EXISTS quarantine_agency ON quarantine (sender_rdomain, received_at);
+CREATE INDEX IF NOT EXISTS quarantine_class ON quarantine (classification, received_at);
+CREATE INDEX IF NOT EXISTS quarantine_sender ON quarantine (lower(sender));
+CREATE INDEX IF NOT EXISTS audit_qid ON audit (qid, seq);
+"""
+
+# Substring search of the review list: a trigram index of subject, sender and
+# recipients (lower case), kept by triggers. Made, and filled from the rows already
+# there, when a database first opens with this version.
+_TEXT_INDEX = (
+    "CREATE VIRTUAL TABLE quarantine_text USING fts5(body, tokenize='trigram')",
+    """INSERT INTO quarantine_text (rowid, body)
+    SELECT rowid, lower(subject || ' ' || sender || ' ' || recipients) FROM quarantine""",
+    """CREATE TRIGGER IF NOT EXISTS quarantine_text_insert AFTER INSERT ON quarantine BEGIN
+    INSERT INTO quarantine_text (rowid, body)
+        VALUES (new.rowid, lower(new.subject || ' ' || new.sender || ' ' || new.recipients));
+END""",
+    """CREATE TRIGGER IF NOT EXISTS quarantine_text_delete AFTER DELETE ON quarantine BEGIN
+    DELETE FROM quarantine_text WHERE rowid = old.rowid;
+END""",
+)
+_HAS_TEXT_INDEX = "SELECT 1 FROM sqlite_master WHERE name = 'quarantine_text'"
+
+
 # A spool file without a row is only an orphan once no ``put`` can still be committing it.
 ORPHAN_GRACE = 3600.0
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS quarantine (
     id TEXT PRIMARY KEY,
     received_at REAL NOT NULL,
@@ -90,6 +150,31 @@ CREATE TABLE IF NOT EXISTS notice_outbox (
 CREATE INDEX IF NOT EXISTS notice_outbox_due ON notice_outbox (status, next_attempt);
 CREATE INDEX IF NOT EXISTS notice_outbox_rate ON notice_outbox (rate_key, created_at);
 """
+    + """
+-- the retry queue (milter.app.retryqueue): bytes in SPOOL/retry/ID.eml
+CREATE TABLE IF NOT EXISTS retry_queue (
+    id TEXT PRIMARY KEY,
+    queue_id TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    route TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    next_attempt REAL NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    smtputf8 INTEGER NOT NULL DEFAULT 0,
+    dsn TEXT NOT NULL DEFAULT '{}',
+    info TEXT NOT NULL DEFAULT '{}',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    last_error TEXT NOT NULL DEFAULT '',
+    updated_at REAL,
+    delay_notified INTEGER NOT NULL DEFAULT 0,
+    claim TEXT,
+    claimed_at REAL
+);
+CREATE INDEX IF NOT EXISTS retry_queue_due ON retry_queue (status, next_attempt);
+"""
+)
 
 
 def _private_dir(path: Path) -> None:
@@ -146,10 +231,56 @@ class SqliteStore(SqlStore):
             for column, ddl in ADDED_COLUMNS.items():
                 if column not in have:  # a database made by an earlier version
                     self._db.execute(f"ALTER TABLE quarantine ADD COLUMN {column} {ddl}")
+            self._db.executescript(_REVIEW_SCHEMA)
+            if not self._db.execute(_HAS_TEXT_INDEX).fetchone():
+                with self._transaction() as db:
+                    # Another process may have made it while this one waited for the lock.
+                    if not db.execute(_HAS_TEXT_INDEX).fetchone():
+                        for statement in _TEXT_INDEX:
+                            db.execute(statement)
+            if self._db.execute(
+                "SELECT 1 FROM quarantine WHERE sender_rdomain IS NULL LIMIT 1"
+            ).fetchone():
+                with self._transaction() as db:
+                    self._backfill_rdomain(db)
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open quarantine {self.path}: {exc}") from exc
 
     # -- plumbing ---------------------------------------------------------------------
+
+    def _text_index(self, needle: str) -> tuple[str, list[Any]]:
+        # Trigrams need three characters; a shorter needle is searched row by row.
+        if len(needle) < 3:
+            return "", []
+        phrase = '"' + needle.replace('"', '""') + '"'
+        return "rowid IN (SELECT rowid FROM quarantine_text WHERE quarantine_text MATCH ?) AND ", [
+            phrase
+        ]
+
+    # A free-text, rule or recipient search with many matches and no filter that an
+    # index narrows (sender, agency, classification): the newest page is found by
+    # walking the received_at index from the newest end and testing each row, which
+    # stops after one page. SQLite's planner would rather fetch every match and sort
+    # them all (60 ms for a word in 24,000 of 100,000 holds; 19 ms walking).
+    _WALK_FROM = 1000
+
+    def _page_hint(self, s: Search, key: str, matches: int) -> str:
+        unindexed = bool(s.q.strip() or s.rule.strip() or s.recipient.strip())
+        narrowed = bool(s.sender.strip() or s.classification.strip()) or (
+            s.sender_domains is not None
+        )
+        if key == "received_at" and matches > self._WALK_FROM and unindexed and not narrowed:
+            return " INDEXED BY quarantine_received"
+        return ""
+
+    def _text_exact(self, needle: str) -> tuple[str, list[Any]] | None:
+        # The index holds the three fields joined by spaces: a phrase of three or more
+        # characters without a space can only match inside one of them, as the LIKE
+        # would, so the index's answer is the answer.
+        if len(needle) < 3 or any(c.isspace() for c in needle):
+            return None
+        cond, params = self._text_index(needle)
+        return cond.removesuffix(" AND "), params
 
     def _spool_path(self, qid: str) -> Path:
         if not qid or not qid.isalnum():
@@ -195,7 +326,11 @@ class SqliteStore(SqlStore):
 
     def _write_spool(self, qid: str, data: bytes) -> None:
         """Make the bytes durable under their final name before any row refers to them."""
-        final = self._spool_path(qid)
+        self._durable_write(self._spool_path(qid), data, steps=True)
+
+    def _durable_write(self, final: Path, data: bytes, *, steps: bool = False) -> None:
+        """Temp file, fsync, link to ``final``, fsync both directories."""
+        qid = final.name.removesuffix(".eml")
         tmp = self.tmp / f"{qid}.{secrets.token_hex(6)}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -206,16 +341,18 @@ class SqliteStore(SqlStore):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._step(STEP_SPOOL_WRITTEN)
+            if steps:
+                self._step(STEP_SPOOL_WRITTEN)
             os.link(tmp, final)
             tmp.unlink()
-            _fsync_dir(self.messages)
+            _fsync_dir(final.parent)
             _fsync_dir(self.tmp)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise StoreUnavailable(f"cannot write quarantine spool: {exc}") from exc
-        self._step(STEP_SPOOL_RENAMED)
+        if steps:
+            self._step(STEP_SPOOL_RENAMED)
 
     # -- where the bytes live ---------------------------------------------------------
 
@@ -271,6 +408,34 @@ class SqliteStore(SqlStore):
             with contextlib.suppress(FileNotFoundError):
                 if now - entry.stat().st_mtime > ORPHAN_GRACE:
                     entry.unlink()
+
+    # -- the retry queue's bytes ------------------------------------------------------
+
+    def _retry_path(self, entry_id: str) -> Path:
+        if not entry_id or not entry_id.isalnum():
+            raise NotFound(f"no queue entry {entry_id!r}")
+        return self.spool / "retry" / f"{entry_id}.eml"
+
+    def _retry_write(self, entry_id: str, data: bytes) -> None:
+        path = self._retry_path(entry_id)
+        if not path.parent.is_dir():
+            try:
+                _private_dir(path.parent)
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot create {path.parent}: {exc}") from exc
+        self._durable_write(path, data)
+
+    def _retry_bytes(self, db: Executor, entry_id: str) -> bytes:
+        try:
+            return self._retry_path(entry_id).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"no bytes kept for queue entry {entry_id!r}") from None
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot read queue entry {entry_id}: {exc}") from exc
+
+    def _retry_discard(self, entry_id: str) -> None:
+        with contextlib.suppress(OSError, NotFound):
+            self._retry_path(entry_id).unlink()
 
     def close(self) -> None:
         with self._lock:

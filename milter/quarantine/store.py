@@ -30,7 +30,9 @@ HELD = "held"
 RELEASED = "released"
 DELETED = "deleted"
 EXPIRED = "expired"
-STATUSES = (HELD, RELEASED, DELETED, EXPIRED)
+# Approved by one officer, waiting for a second, different one (``review.two_person``).
+PENDING = "pending"
+STATUSES = (HELD, PENDING, RELEASED, DELETED, EXPIRED)
 
 # The states of a row of the notice outbox (``notice_outbox``).
 NOTICE_QUEUED = "queued"  # waiting for its next attempt
@@ -40,7 +42,13 @@ NOTICE_FAILED = "failed"  # given up after the configured age
 
 # The audit action recorded for each status a record moves into, unless the caller
 # names a more precise one (for example ``release-failed`` when moving back to held).
-ACTION_FOR_STATUS = {HELD: "hold", RELEASED: "release", DELETED: "delete", EXPIRED: "expire"}
+ACTION_FOR_STATUS = {
+    HELD: "hold",
+    PENDING: "approve",
+    RELEASED: "release",
+    DELETED: "delete",
+    EXPIRED: "expire",
+}
 
 GENESIS = "0" * 64
 
@@ -147,6 +155,66 @@ class OutboxNotice:
     claim: str = ""  # the token of the worker that claimed it, while sending
 
 
+# -- the retry queue -------------------------------------------------------------------
+# Recipients the gateway took responsibility for (it answered 250 because another way
+# out of the same message had accepted it) while their own next hop deferred: kept in
+# the ``retry_queue`` table and retried until delivered, refused or too old.
+RETRY_QUEUED = "queued"  # waiting for its next attempt
+RETRY_SENDING = "sending"  # claimed by one worker, which is sending it now
+RETRY_SENT = "sent"  # every recipient was taken (2xx) or refused for good
+RETRY_FAILED = "failed"  # given up (5xx from the next hop, or ``queue.max_age``)
+RETRY_DELETED = "deleted"  # removed by an operator, or withdrawn by the gateway
+RETRY_STATUSES = (RETRY_QUEUED, RETRY_SENDING, RETRY_SENT, RETRY_FAILED, RETRY_DELETED)
+
+
+@dataclass(frozen=True)
+class RetryEntry:
+    """One deferred delivery: who still has to receive which exact bytes, and how.
+
+    ``data`` (the bytes prepared for this way out: rewritten, signed) is kept apart,
+    written durably before the row is committed (``retry_add``) and read by ``retry_read``.
+    """
+
+    id: str
+    queue_id: str  # the transaction the gateway answered 250
+    sender: str
+    recipients: tuple[str, ...]  # still to reach (bcc addresses of the group included)
+    route: str
+    created_at: float
+    next_attempt: float
+    size: int = 0
+    smtputf8: bool = False
+    dsn: Mapping[str, Any] = field(default_factory=dict)  # ``Dsn`` fields, as JSON
+    # For people and notices: subject, the original recipients, rules, rewrites, bcc.
+    info: Mapping[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+    status: str = RETRY_QUEUED
+    last_error: str = ""
+    updated_at: float | None = None
+    delay_notified: bool = False
+    claim: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "queue_id": self.queue_id,
+            "sender": self.sender,
+            "recipients": list(self.recipients),
+            "route": self.route,
+            "created_at": self.created_at,
+            "next_attempt": self.next_attempt,
+            "size": self.size,
+            "smtputf8": self.smtputf8,
+            "dsn": dict(self.dsn),
+            "info": dict(self.info),
+            "attempts": self.attempts,
+            "status": self.status,
+            "last_error": self.last_error,
+            "updated_at": self.updated_at,
+            "delay_notified": self.delay_notified,
+        }
+
+
 @dataclass(frozen=True)
 class AuditEntry:
     """One line of the audit trail; ``hash`` covers every other field and ``prev_hash``."""
@@ -215,6 +283,7 @@ def chain_problems(entries: Iterable[AuditEntry]) -> list[str]:
 # Which audited action must be the last one for a record in a given status.
 _LAST_ACTION_FOR_STATUS = {
     HELD: {"quarantine", "hold", "release-failed"},
+    PENDING: {"approve"},
     RELEASED: {"release", "release-partial"},
     DELETED: {"delete", "withdraw"},  # withdraw: the gateway's own, when a hold's
     # transaction was answered 4xx and the client will send the message again
@@ -265,6 +334,69 @@ def matches(
         elif have != s:
             return False
     return rule is None or rule in record.rules
+
+
+# The orders the list page may ask for; a leading ``-`` means descending.
+SEARCH_SORTS = ("received_at", "sender", "subject", "size", "classification", "status")
+
+
+@dataclass(frozen=True)
+class Search:
+    """One page of the review list: every non-empty filter must hold.
+
+    ``q`` is free text over subject, sender and recipients; ``sender`` is an address
+    or ``@domain``; ``recipient`` an address; ``rule`` a rule name. Text compares
+    case-insensitively. ``sender_domains`` restricts to the agencies a head of agency
+    may see (subdomains included); None means no restriction, an empty tuple nothing.
+    """
+
+    q: str = ""
+    sender: str = ""
+    recipient: str = ""
+    rule: str = ""
+    classification: str = ""
+    status: str = ""
+    since: float | None = None
+    until: float | None = None
+    sender_domains: tuple[str, ...] | None = None
+    sort: str = "-received_at"
+    page: int = 1
+    per_page: int = 50
+    # Count no further than this: a list page needs to know whether there is a next
+    # page, not that 24,126 messages match (counting them all is most of the cost of
+    # a broad search). When more match, the total is ``count_limit + 1``. None: exact.
+    count_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.sort.lstrip("-") not in SEARCH_SORTS:
+            raise QuarantineError(f"cannot sort by {self.sort!r}; expected one of {SEARCH_SORTS}")
+        if self.page < 1 or not 1 <= self.per_page <= 1000:
+            raise QuarantineError("page must be >= 1 and per_page between 1 and 1000")
+        if self.status:
+            check_status(self.status)
+
+
+def reversed_domain(address_or_domain: str) -> str:
+    """``a@bpkd.jakarta.go.id`` -> ``id.go.jakarta.bpkd.``: an agency and all its
+    subdomains then share one prefix, which an index answers as a range."""
+    domain = address_or_domain.rpartition("@")[2].strip().strip(".").lower()
+    return ".".join(reversed(domain.split("."))) + "." if domain else ""
+
+
+# ``Fact.status`` of a message refused outright (``record_rejection``), never held.
+REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One held or rejected message, as the agency figures (clause 3.b) count it."""
+
+    at: float  # received (held) or refused (rejected)
+    status: str  # a record's status, or REJECTED
+    sender: str
+    recipients: tuple[str, ...]
+    rules: tuple[str, ...]
+    clauses: tuple[str, ...]
 
 
 def record_for_put(record: QuarantineRecord) -> QuarantineRecord:
@@ -338,6 +470,35 @@ class QuarantineStore(ABC):
     @abstractmethod
     def audit_entries(self) -> builtins.list[AuditEntry]: ...
 
+    def audit_for(self, qid: str) -> builtins.list[AuditEntry]:
+        """The audit entries about one message, oldest first."""
+        return [e for e in self.audit_entries() if e.qid == qid]
+
+    def search(self, s: Search) -> tuple[builtins.list[QuarantineRecord], int]:
+        """One page of the records ``s`` selects, and how many match in all."""
+        raise StoreUnavailable("this quarantine store cannot search")
+
+    def record_rejection(
+        self,
+        *,
+        at: float,
+        queue_id: str,
+        sender: str,
+        recipients: Iterable[str],
+        rules: Iterable[str],
+        clauses: Iterable[str],
+    ) -> None:
+        """Keep a durable trace of recipients the policy rejected (for the agency
+        figures): the quarantine sees only what was held."""
+        raise StoreUnavailable("this quarantine store keeps no rejections")
+
+    def facts(
+        self, since: float, until: float, sender_domains: tuple[str, ...] | None = None
+    ) -> builtins.list[Fact]:
+        """Holds received and rejections made in [since, until), from ``sender_domains``
+        (subdomains included; None: every sender)."""
+        raise StoreUnavailable("this quarantine store keeps no figures")
+
     @abstractmethod
     def verify_audit(self) -> builtins.list[str]:
         """Every sign of tampering with the audit log; empty when intact."""
@@ -409,6 +570,65 @@ class QuarantineStore(ABC):
     def outbox(self, status: str | None = None) -> builtins.list[OutboxNotice]:
         """Every notice in the outbox (with ``status``), oldest first."""
         raise StoreUnavailable("this quarantine store has no notice outbox")
+
+    # -- the retry queue --------------------------------------------------------------
+    # Not abstract either: without one the gateway answers as before (451 when any way
+    # out deferred). The SQL back-ends implement these in ``milter.quarantine.sql``.
+
+    def retry_add(self, entry: RetryEntry, data: bytes) -> None:
+        """Store an entry and its bytes durably, due at ``entry.next_attempt``: when this
+        returns both survive a crash; when it raises, neither is visible."""
+        raise StoreUnavailable("this quarantine store has no retry queue")
+
+    def retry_get(self, entry_id: str) -> RetryEntry | None:
+        raise StoreUnavailable("this quarantine store has no retry queue")
+
+    def retry_list(self, status: str | None = None) -> builtins.list[RetryEntry]:
+        """Entries (with ``status``; None: those still to be sent), oldest first."""
+        raise StoreUnavailable("this quarantine store has no retry queue")
+
+    def retry_read(self, entry_id: str) -> bytes:
+        """The bytes an entry sends; NotFound once it is settled."""
+        raise StoreUnavailable("this quarantine store has no retry queue")
+
+    def retry_claim(
+        self, now: float, *, limit: int = 20, lease: float = 600.0
+    ) -> builtins.list[RetryEntry]:
+        """Atomically claim due entries for this caller alone (as ``claim_notices``)."""
+        raise StoreUnavailable("this quarantine store has no retry queue")
+
+    def retry_settle(
+        self,
+        entry_id: str,
+        claim: str,
+        *,
+        status: str,
+        now: float,
+        error: str,
+        next_attempt: float | None = None,
+        recipients: Iterable[str] | None = None,
+        delay_notified: bool | None = None,
+    ) -> bool:
+        """Record the outcome of a claimed attempt; False when the claim was lost.
+        A settled entry (sent, failed) drops its bytes."""
+        raise StoreUnavailable("this quarantine store has no retry queue")
+
+    def retry_unclaim(self, claims: Iterable[str], now: float) -> None:
+        """Requeue, due now, what these claims still hold (a worker stopping)."""
+        raise StoreUnavailable("this quarantine store has no retry queue")
+
+    def retry_now(self, entry_id: str | None, now: float) -> int:
+        """Make a queued entry (None: every queued entry) due now; how many were."""
+        raise StoreUnavailable("this quarantine store has no retry queue")
+
+    def retry_delete(self, entry_id: str, actor: str, reason: str, *, action: str) -> RetryEntry:
+        """Remove an entry that is not being sent, with an audit entry in the same
+        transaction; NotFound or StateConflict otherwise."""
+        raise StoreUnavailable("this quarantine store has no retry queue")
+
+    def retry_stats(self) -> tuple[int, float | None]:
+        """(entries still to be sent, creation time of the oldest of them)."""
+        raise StoreUnavailable("this quarantine store has no retry queue")
 
     def __enter__(self) -> QuarantineStore:
         return self

@@ -285,6 +285,19 @@ class Gateway:
 
         task.add_done_callback(done)
 
+    def abandon(self, envelope: Envelope, task: asyncio.Future[Any]) -> None:
+        """The client went away before its reply was written: once the message's
+        processing ends, take back what the client's retry would duplicate."""
+
+        def done(t: asyncio.Future[Any]) -> None:
+            if t.cancelled() or t.exception() is not None:
+                return
+            cleanup = asyncio.ensure_future(self.pipeline.abandoned(envelope, t.result()))
+            self.inflight.add(cleanup)
+            cleanup.add_done_callback(self.inflight.discard)
+
+        task.add_done_callback(done)
+
     async def shutdown(self, grace: float, *, close_pipeline: bool = True) -> None:
         """Stop accepting; let transactions in flight finish; close the rest politely.
 
@@ -341,6 +354,9 @@ class GatewaySMTP(SMTP):
         self._param_error: Reply | None = None
         self.xforward: dict[str, str] = {}  # XFORWARD attributes for the next transaction
         self.extra = _Extra()  # this transaction's DSN requests and AUTH identity
+        # The transaction being answered: its envelope and processing, until the reply
+        # is written (to take back what it did should the client never hear it).
+        self._answering: tuple[Envelope, asyncio.Future[Any]] | None = None
 
     # -- connection bookkeeping -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -372,6 +388,17 @@ class GatewaySMTP(SMTP):
             metrics.SESSIONS.dec()
             gw.changed()
         super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        """A client that closed its side has nothing more to say (SMTP ends with
+        QUIT, never with a half-close), so the connection is closed now and its slot
+        freed. aiosmtpd keeps a half-closed plain connection open and relies on the
+        handler, which it cancels here, to close it; a handler cancelled before its
+        first step never does, and under uvloop such a connection (a port probe, a
+        scanner) held its slot of ``max_connections_per_client`` until the idle
+        timeout."""
+        super().eof_received()
+        return False
 
     def data_received(self, data: bytes) -> None:
         self._last_read = self.loop.time()
@@ -528,14 +555,29 @@ class GatewaySMTP(SMTP):
                         reply = await self._process(message)
             finally:
                 spool.discard()
-            await self.push(reply.line())
+            await self._answer(reply)
             self._set_post_data_state()  # type: ignore[no-untyped-call]
         finally:
+            if self._answering is not None:
+                # Cancelled (the connection was lost) before the reply was written.
+                self.gateway.abandon(*self._answering)
+                self._answering = None
             self.busy = False
             self.gateway.changed()
         if self.gateway.closing:
             # Let the client say QUIT and hear 221; a new MAIL hears 421 instead.
             self._reset_timeout(1.0)
+
+    async def _answer(self, reply: Reply) -> None:
+        """Write the reply to DATA; a client already gone never hears it, and what its
+        retry would duplicate is taken back (``Gateway.abandon``)."""
+        if self.transport is None or self.transport.is_closing():
+            return  # ``_answering`` stays set: abandoned in smtp_DATA
+        try:
+            await self.push(reply.line())
+        except (ConnectionError, OSError):
+            return
+        self._answering = None
 
     async def smtp_MAIL(self, arg: str) -> None:
         if self.gateway.closing:
@@ -631,6 +673,7 @@ class GatewaySMTP(SMTP):
         # and the message's spool file lives until the pipeline is done with it.
         task = asyncio.ensure_future(self.gateway.pipeline.process(envelope, message))
         self.gateway.track(task, message)
+        self._answering = (envelope, task)
         try:
             outcome = await asyncio.shield(task)
         except asyncio.CancelledError:

@@ -19,6 +19,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from milter.cli import main
+from milter.commands.quarantine import os_actor
 from milter.config import load
 from milter.quarantine.store import QuarantineRecord, QuarantineStore, open_store
 
@@ -173,10 +174,10 @@ def test_show_and_export(tmp_path: Path, capsysbinary: pytest.CaptureFixture[byt
     assert "classification RAHASIA from subject" in out
     assert "Subject: Nota RAHASIA" in out
     assert 'application/pdf attachment "nota.pdf"' in out
-    assert run(cfg, "export", qid, "--actor", "siti", "--reason", "inquiry") == 0
+    assert run(cfg, "export", qid, "--reason", "inquiry") == 0
     assert capsysbinary.readouterr().out == MESSAGE
     with store_for(cfg) as store:
-        assert [(e.action, e.actor) for e in store.audit_entries()][-1] == ("export", "siti")
+        assert [(e.action, e.actor) for e in store.audit_entries()][-1] == ("export", os_actor())
     assert run(cfg, "show", "NOSUCH") == 1
     assert capsysbinary.readouterr().err.decode().strip() == "milter: no quarantined message NOSUCH"
 
@@ -184,9 +185,7 @@ def test_show_and_export(tmp_path: Path, capsysbinary: pytest.CaptureFixture[byt
 def test_release_once(tmp_path: Path, sink: Sink, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = write_config(tmp_path, sink.port)
     qid = hold(cfg, recipients=("teman@gmail.com", "rekan@yahoo.co.id"))
-    assert (
-        run(cfg, "release", qid, "--reason", "approved by head of agency", "--actor", "siti") == 0
-    )
+    assert run(cfg, "release", qid, "--reason", "approved by head of agency") == 0
     assert qid in capsys.readouterr().out
     assert len(sink.received) == 1
     mail_from, rcpts, data = sink.received[0]
@@ -199,31 +198,28 @@ def test_release_once(tmp_path: Path, sink: Sink, capsys: pytest.CaptureFixture[
     with store_for(cfg) as store:
         assert store.get(qid).status == "released"  # type: ignore[union-attr]
         entries = [(e.action, e.actor, e.reason) for e in store.audit_entries() if e.qid == qid]
-        assert entries[-1] == ("release", "siti", "approved by head of agency")
+        assert entries[-1] == ("release", os_actor(), "approved by head of agency")
         assert store.verify_audit() == []
 
 
-def test_release_to_other_address_and_route(tmp_path: Path, sink: Sink) -> None:
+def test_release_through_its_route(tmp_path: Path, sink: Sink) -> None:
     cfg = write_config(tmp_path, free_port(), route_port=sink.port)
-    qid = hold(cfg, route="sanapati")
-    assert (
-        run(
-            cfg,
-            "release",
-            qid,
-            "--reason",
-            "via sanapati",
-            "--to",
-            "kepala@sanapati.net",
-            "--to",
-            "wakil@sanapati.net",
-        )
-        == 0
-    )
-    assert [r[1] for r in sink.received] == [["kepala@sanapati.net", "wakil@sanapati.net"]]
+    qid = hold(cfg, route="sanapati", recipients=("kepala@sanapati.net",))
+    assert run(cfg, "release", qid, "--reason", "via sanapati") == 0
+    assert [r[1] for r in sink.received] == [["kepala@sanapati.net"]]
+
+
+def test_release_to_other_address_needs_a_policy(
+    tmp_path: Path, sink: Sink, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Another address is checked against the policy; with none configured, nothing goes.
+    cfg = write_config(tmp_path, sink.port)
+    qid = hold(cfg)
+    assert run(cfg, "release", qid, "--reason", "x", "--to", "kepala@sanapati.net") == 1
+    assert "no policy" in capsys.readouterr().err
+    assert sink.received == []
     with store_for(cfg) as store:
-        last = store.audit_entries()[-1]
-        assert "kepala@sanapati.net" in last.reason
+        assert store.get(qid).status == "held"  # type: ignore[union-attr]
 
 
 def test_failed_reinjection_stays_held(
@@ -232,7 +228,7 @@ def test_failed_reinjection_stays_held(
     dead = free_port()  # nothing listens here
     cfg = write_config(tmp_path, dead)
     qid = hold(cfg)
-    assert run(cfg, "release", qid, "--reason", "try", "--actor", "siti") == 1
+    assert run(cfg, "release", qid, "--reason", "try") == 1
     err = capsys.readouterr().err
     assert "still held" in err and err.count("\n") == 1
     with store_for(cfg) as store:
@@ -277,7 +273,7 @@ def test_delete_and_expire(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     gone = hold(cfg)
     old = hold(cfg, received_at=time.time() - 31 * 86400)
     young = hold(cfg)
-    assert run(cfg, "delete", gone, "--reason", "spam", "--actor", "siti") == 0
+    assert run(cfg, "delete", gone, "--reason", "spam") == 0
     assert run(cfg, "export", gone) == 1
     assert run(cfg, "delete", gone, "--reason", "again") == 1
     assert run(cfg, "release", gone, "--reason", "x") == 1
@@ -295,12 +291,12 @@ def test_delete_and_expire(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_audit_print_and_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = write_config(tmp_path, free_port())
     qid = hold(cfg)
-    assert run(cfg, "delete", qid, "--reason", "duplicate", "--actor", "siti") == 0
+    assert run(cfg, "delete", qid, "--reason", "duplicate") == 0
     capsys.readouterr()
     assert run(cfg, "audit") == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
-    assert "quarantine" in lines[0] and "siti" in lines[1] and "duplicate" in lines[1]
+    assert "quarantine" in lines[0] and os_actor() in lines[1] and "duplicate" in lines[1]
     assert run(cfg, "audit", "--json") == 0
     entries = json.loads(capsys.readouterr().out)
     assert entries[1]["prev_hash"] == entries[0]["hash"]
