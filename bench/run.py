@@ -261,8 +261,6 @@ def main() -> None:
         gw, gw_port = start_gateway(sink_port, workers=2)
         try:
             for name, path in files.items():
-                if name == "report":
-                    continue  # measured with the policy below; the 100 KB one carries it here
                 size = len(messages[name]) // 1024
                 smtp_source(sink_port, path, min(200, args.count), args.sessions)  # warm-up
                 rows.append(
@@ -281,19 +279,19 @@ def main() -> None:
         if not args.no_policy and (ROOT / "policies" / "se-79-2019.yaml").exists():
             gw, gw_port = start_gateway(sink_port, workers=2, policy=True, tag="-policy")
             try:
-                path = files["report"]
-                size = len(messages["report"]) // 1024
-                rows.append(
-                    measure(
-                        f"report ({size} KB), SE 79 policy",
-                        sink_port,
-                        gw_port,
-                        path=path,
-                        data=messages["report"],
-                        args=args,
-                        count=max(200, args.count // 4),
+                for name in ("5 KB", "report"):
+                    size = len(messages[name]) // 1024
+                    rows.append(
+                        measure(
+                            f"{name} ({size} KB), SE 79 policy",
+                            sink_port,
+                            gw_port,
+                            path=files[name],
+                            data=messages[name],
+                            args=args,
+                            count=max(200, args.count // (2 if name == "5 KB" else 4)),
+                        )
                     )
-                )
             finally:
                 stop(gw)
 

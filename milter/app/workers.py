@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from types import FrameType
 
 from milter import log, metrics
+from milter.app import loop as event_loop
 from milter.app.wiring import Components, build_components, make_pipeline, reload_policy
 from milter.config import GatewayConfig
 
@@ -70,6 +71,7 @@ async def run(
         upstream=config.upstream.display_url,
         pid=os.getpid(),
         policy=list(config.policy),
+        event_loop=event_loop.loop_name(),
     )
     await stop.wait()
     sessions = len(gateway.sessions) if gateway else 0
@@ -112,7 +114,7 @@ def supervise(config: GatewayConfig) -> int:
             code = 0
             try:
                 components = build_components(config)
-                asyncio.run(run(config, components, reuse_port=True, unix_sockets=unix_sockets))
+                event_loop.run(run(config, components, reuse_port=True, unix_sockets=unix_sockets))
             except BaseException as exc:
                 log.event("worker-failed", 40, error=f"{type(exc).__name__}: {exc}")
                 code = 1

@@ -7,12 +7,12 @@ the command line around it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import tempfile
 from typing import Any
 
+from milter.app import loop as event_loop
 from milter.commands import CommandError, load_config
 
 
@@ -63,7 +63,7 @@ def serve(args: argparse.Namespace) -> int:
 
             metrics.serve(*config.metrics, config, store=components.store)
         try:
-            asyncio.run(run(config, components))
+            event_loop.run(run(config, components))
         except OSError as exc:
             raise CommandError(f"cannot listen: {exc.strerror or exc}") from None
         return 0
