@@ -645,6 +645,12 @@ class ReviewApp:
             more=start + AUDIT_PER_PAGE < len(entries),
         )
 
+    def queue(self, request: Request, session: Session, user: User) -> Response:
+        """The retry queue, read-only: officers see what the gateway still owes a
+        next hop; acting on it (retry now, delete with a reason) is ``milter queue``."""
+        entries = self.store.retry_list()
+        return self.render(request, session, user, "queue.html", entries=entries)
+
     def agency(self, request: Request, session: Session, user: User) -> Response:
         now = self.clock()
         weeks = _int(request.query_params.get("weeks"), 8, 1, 52)
@@ -734,6 +740,7 @@ class ReviewApp:
                 methods=["POST"],
             ),
             Route("/audit", self.page(("auditor", "officer"), self.audit)),
+            Route("/queue", self.page(("officer",), self.queue)),
             Route("/agency", self.page(MAIL_ROLES, self.agency)),
             Route("/users", self.page(("admin",), self.users_page)),
             Route("/users", self.action(("admin",), self.user_add), methods=["POST"]),

@@ -28,7 +28,7 @@ def test_healthz_needs_no_session_and_says_nothing(env: Env) -> None:
     assert "set-cookie" not in r.headers
 
 
-@pytest.mark.parametrize("path", ["/quarantine", "/audit", "/agency", "/users",
+@pytest.mark.parametrize("path", ["/quarantine", "/audit", "/agency", "/users", "/queue",
                                   "/quarantine/XYZ", "/quarantine/XYZ/download", "/"])
 def test_every_page_but_login_needs_a_session(env: Env, path: str) -> None:
     r = env.client().get(path)
@@ -187,7 +187,7 @@ def test_admin_sees_no_mail_content(env: Env) -> None:
     c = env.login("admin")
     seen = []
     for path in ("/", "/users", "/quarantine", f"/quarantine/{qid}", f"/quarantine/{qid}/html",
-                 f"/quarantine/{qid}/download", "/audit", "/agency"):
+                 f"/quarantine/{qid}/download", "/audit", "/agency", "/queue"):
         r = c.get(path)
         seen.append(r.text)
         assert r.status_code in (303, 200, 403, 404)
@@ -370,3 +370,26 @@ def test_list_and_search_on_postgresql(pg_schema_factory: Callable[[], str],
 
 def test_every_role_has_an_account() -> None:
     assert {r for _, _, r in ROLE_USERS.values()} == {"officer", "head", "auditor", "admin"}
+
+
+def test_officers_see_the_retry_queue_and_nobody_else_does(env: Env) -> None:
+    import time
+
+    from milter.quarantine.store import RetryEntry
+
+    entry = RetryEntry(
+        id="RQ1", queue_id="Q1", sender=BPKD, recipients=("rekan@dishub.jakarta.go.id",),
+        route="upstream", created_at=time.time(), next_attempt=time.time() + 300,
+        info={"subject": "Undangan rapat \x1b[31m"}, attempts=2,
+        last_error="451 4.2.2 mailbox full <script>",
+    )
+    env.store.retry_add(entry, b"Subject: Undangan rapat\r\n\r\nisi\r\n")
+    page = env.login("officer").get("/queue")
+    assert page.status_code == 200
+    for text in ("RQ1", "rekan@dishub.jakarta.go.id", "Undangan rapat \\x1b[31m",
+                 "mailbox full &lt;script&gt;"):
+        assert text in page.text, text
+    assert "\x1b" not in page.text and "<script>" not in page.text
+    for role in ("head", "auditor", "admin"):
+        r = env.login(role).get("/queue")
+        assert r.status_code in (403, 404) and "rekan@dishub" not in r.text, role
