@@ -13,9 +13,9 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 
 from milter.inspect.errors import LabelSchemeError
 
@@ -330,12 +330,18 @@ def _lone_lines(
     first and last non-empty lines; None: anywhere) and by the advertising around them."""
     found: list[Marking] = []
     seen: set[str] = set()
+    # Every spelling of a level contains its last word as it is (separators differ,
+    # words do not): a text without any of them has no such line, and most texts
+    # have none, which is found at C speed.
+    low = text.lower()
+    if not any(word in low for word in _last_words(scheme)):
+        return found
     if window is not None:
         lines = text.splitlines()
         ends = _ends(lines, window)
         for i in ends:
-            context = " ".join(_near(lines, i))
             raw = lines[i].strip(_LINE_TRIM)
+            context = partial(_joined_near, lines, i)  # read only for a candidate line
             _judge(raw, context, scheme, any_case=any_case, why=why, found=found, seen=seen)
         return found
     padded = "\n" + text
@@ -344,9 +350,23 @@ def _lone_lines(
             break
         if names_only and normalise(m.group("m")) not in _level_names(scheme):
             continue
-        context = _around(padded, m.start(), m.end())
+        context = partial(_around, padded, m.start(), m.end())
         _judge(m.group("m"), context, scheme, any_case=any_case, why=why, found=found, seen=seen)
     return found
+
+
+def _last_words(scheme: LabelScheme) -> frozenset[str]:
+    key = scheme.names
+    found = _LAST_WORDS.get(key)
+    if found is None:
+        found = frozenset(name.split(" ")[-1].lower() for name in scheme.names if name)
+        if len(_LAST_WORDS) > 64:
+            _LAST_WORDS.clear()
+        _LAST_WORDS[key] = found
+    return found
+
+
+_LAST_WORDS: dict[tuple[str, ...], frozenset[str]] = {}
 
 
 def _level_names(scheme: LabelScheme) -> frozenset[str]:
@@ -355,7 +375,7 @@ def _level_names(scheme: LabelScheme) -> frozenset[str]:
 
 def _judge(
     raw: str,
-    context: str,
+    context: Callable[[], str],
     scheme: LabelScheme,
     *,
     any_case: bool,
@@ -363,12 +383,15 @@ def _judge(
     found: list[Marking],
     seen: set[str],
 ) -> None:
+    """``context`` (the lines around) is gathered only for a line that names a level:
+    most lines of a document are not one, and gathering it for each cost more than
+    the rest of the judgement."""
     if not raw or len(raw) > 40 or raw in seen:
         return
     if not (raw.isupper() or (any_case and raw.istitle())):
         return
     level = scheme.resolve(raw)
-    if level is None or (not any_case and _is_commercial(context)):
+    if level is None or (not any_case and _is_commercial(context())):
         return
     seen.add(raw)
     found.append(Marking(raw, level, why))
@@ -390,6 +413,10 @@ def _ends(lines: list[str], window: int) -> list[int]:
             if len(tail) == window:
                 break
     return head + tail[::-1]
+
+
+def _joined_near(lines: list[str], i: int) -> str:
+    return " ".join(_near(lines, i))
 
 
 def _near(lines: list[str], i: int, span: int = 3) -> list[str]:
