@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import random
 import re
-import secrets
 import statistics
 import tempfile
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 
 from starlette.testclient import TestClient
 
-from bench.bench_search import fill, record
+from bench.bench_search import backends, fill, record
 from milter.config import GatewayConfig, QuarantineConfig
 from milter.quarantine.sql import SqlStore
 from milter.quarantine.store import open_store
@@ -140,26 +139,8 @@ def main() -> None:
     ap.add_argument("--no-postgres", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = QuarantineConfig(database=f"sqlite:///{tmp}/q.sqlite3", spool=f"{tmp}/spool")
-        run("sqlite", cfg, Path(tmp), args.count, args.rounds)
-        if args.no_postgres:
-            return
-        import psycopg
-
-        schema = f"milter_bench_{secrets.token_hex(4)}"
-        try:
-            with psycopg.connect(PG, autocommit=True, connect_timeout=5) as conn:
-                conn.execute(f"CREATE SCHEMA {schema}")
-        except psycopg.Error as exc:
-            print(f"postgresql: skipped ({exc})")
-            return
-        try:
-            url = f"{PG}?options=-csearch_path%3D{schema}"
-            cfg = QuarantineConfig(database=url, spool=str(Path(tmp) / "pg-spool"))
-            run("postgresql", cfg, Path(tmp), args.count, args.rounds)
-        finally:
-            with psycopg.connect(PG, autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        for name, cfg in backends(Path(tmp), postgres=not args.no_postgres):
+            run(name, cfg, Path(tmp), args.count, args.rounds)
 
 
 if __name__ == "__main__":

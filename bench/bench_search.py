@@ -21,7 +21,7 @@ import secrets
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,29 @@ def run(name: str, config: QuarantineConfig, count: int, rounds: int) -> None:
         print(f"  {'message: get+audit_for':<{width}} {'':>7} {p50:>8.1f} {p95:>8.1f}")
 
 
+def backends(tmp: Path, *, postgres: bool) -> Iterator[tuple[str, QuarantineConfig]]:
+    """A fresh SQLite store in ``tmp``, then (unless told not to, or when the server
+    is not there) one in a PostgreSQL schema of its own, dropped afterwards."""
+    yield "sqlite", QuarantineConfig(database=f"sqlite:///{tmp}/q.sqlite3", spool=f"{tmp}/spool")
+    if not postgres:
+        return
+    import psycopg
+
+    schema = f"milter_bench_{secrets.token_hex(4)}"
+    try:
+        with psycopg.connect(PG, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+    except psycopg.Error as exc:
+        print(f"postgresql: skipped ({exc})")
+        return
+    try:
+        url = f"{PG}?options=-csearch_path%3D{schema}"
+        yield "postgresql", QuarantineConfig(database=url, spool=str(tmp / "pg-spool"))
+    finally:
+        with psycopg.connect(PG, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--count", type=int, default=100_000)
@@ -181,26 +204,8 @@ def main() -> None:
     ap.add_argument("--no-postgres", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = QuarantineConfig(database=f"sqlite:///{tmp}/q.sqlite3", spool=f"{tmp}/spool")
-        run("sqlite", cfg, args.count, args.rounds)
-        if args.no_postgres:
-            return
-        import psycopg
-
-        schema = f"milter_bench_{secrets.token_hex(4)}"
-        try:
-            with psycopg.connect(PG, autocommit=True, connect_timeout=5) as conn:
-                conn.execute(f"CREATE SCHEMA {schema}")
-        except psycopg.Error as exc:
-            print(f"postgresql: skipped ({exc})")
-            return
-        try:
-            url = f"{PG}?options=-csearch_path%3D{schema}"
-            cfg = QuarantineConfig(database=url, spool=str(Path(tmp) / "pg-spool"))
-            run("postgresql", cfg, args.count, args.rounds)
-        finally:
-            with psycopg.connect(PG, autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        for name, cfg in backends(Path(tmp), postgres=not args.no_postgres):
+            run(name, cfg, args.count, args.rounds)
 
 
 if __name__ == "__main__":
