@@ -35,6 +35,7 @@ import email.utils
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -117,7 +118,7 @@ class Pending:
     limited: bool = False
 
 
-class ClaimingSender:
+class ClaimingSender(ABC):
     """The worker side of a durable queue in the quarantine database (the notice outbox,
     the retry queue): a task that claims due rows, attempts each once, sleeps until woken
     or the next poll, and on stopping hands back what it still holds claimed.
@@ -133,13 +134,13 @@ class ClaimingSender:
         self._task: asyncio.Task[None] | None = None
         self._claims: set[str] = set()
 
+    @abstractmethod
     async def run_once(self) -> int:
         """Claim the due rows and attempt each once; return how many were attempted."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def _unclaim(self, claims: set[str]) -> None:
         """Requeue, due now, the rows these claims still hold."""
-        raise NotImplementedError
 
     def wake(self) -> None:
         """Look for due rows now (one was just queued, or made due)."""

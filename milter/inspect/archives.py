@@ -98,6 +98,8 @@ def read_7z(
         AttributeError,
         LookupError,
         MemoryError,
+        # py7zr's answer to a compression method or filter it does not implement
+        # (PPMd variants, ARM64 BCJ...): the archive cannot be read, a finding.
         NotImplementedError,
     )
     listing = Listing()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import email
 import email.policy
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
@@ -101,19 +101,30 @@ def _true_types(record: QuarantineRecord) -> dict[str, Mapping[str, Any]]:
     return out
 
 
+def _sections(part: EmailMessage, prefix: str = "") -> Iterator[tuple[str, EmailMessage]]:
+    """The leaf parts with their section numbers, numbered as the inspector numbers
+    them (``1`` for a single part, ``1.2`` for the second part of the first), so that
+    an unnamed body finds its findings too."""
+    subs = part.get_payload() if part.is_multipart() else None
+    if not isinstance(subs, list):
+        yield prefix or "1", part
+        return
+    for i, sub in enumerate(subs, 1):
+        if isinstance(sub, EmailMessage):
+            yield from _sections(sub, f"{prefix}.{i}" if prefix else str(i))
+
+
 def _parts(msg: EmailMessage, record: QuarantineRecord) -> list[PartView]:
     inspected = _true_types(record)
     views = []
-    for i, part in enumerate(msg.walk()):
-        if part.is_multipart():
-            continue
+    for section, part in _sections(msg):
         name = part.get_filename() or ""
         payload = part.get_payload(decode=True)
         size = len(payload) if isinstance(payload, bytes) else 0
-        found = inspected.get(name) if name else None
+        found = inspected.get(name) if name else inspected.get(section)
         views.append(
             PartView(
-                path=name or f"part {i}",
+                path=name or section,
                 filename=name,
                 declared_type=part.get_content_type(),
                 true_type=str(found.get("true_type", "")) if found else "",

@@ -85,3 +85,21 @@ def test_charts_escape_labels_and_load_nothing() -> None:
     assert "<script>" not in svg and "&lt;script&gt;" in svg and "&lt;w1&gt;" in svg
     assert "href" not in svg and "http://" not in svg.replace(
         'xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_unnamed_bodies_show_the_true_type_the_inspector_found() -> None:
+    """Bodies have no file name: they are matched with the findings by section number,
+    numbered as the inspector numbers them."""
+    from bench.messages import report_message
+    from milter.inspect import inspect_message
+    from milter.quarantine.store import QuarantineRecord
+    from milter.review.mailview import _parse, _parts
+
+    data = report_message()
+    record = QuarantineRecord(
+        id="x", received_at=0, client="", sender="", recipients=(), subject="",
+        size=len(data), findings=inspect_message(data).to_dict(),
+    )
+    shown = {v.path: v.true_type for v in _parts(_parse(data), record)}
+    assert shown["1.1"] == "text/plain" and shown["1.2"] == "text/html"
+    assert shown["laporan-triwulan.pdf"] == "application/pdf"
