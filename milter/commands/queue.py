@@ -99,7 +99,7 @@ def _show(args: argparse.Namespace) -> int:
         ("recipients", ", ".join(entry.recipients)),
         ("route", entry.route),
         ("subject", str(info.get("subject", ""))),
-        ("all recipients", ", ".join(str(a) for a in info.get("recipients", []))),
+        ("all recipients", ", ".join(str(a) for a in info.get("recipients", [])) or "-"),
         ("bcc", ", ".join(str(a) for a in info.get("bcc", [])) or "-"),
         ("rewrites", "; ".join(str(r) for r in info.get("rewrites", [])) or "-"),
         ("size", str(entry.size)),
