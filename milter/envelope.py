@@ -6,7 +6,8 @@ and a recipient's fate must never depend on what the headers claim.
 
 from __future__ import annotations
 
-import secrets
+import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,13 +15,32 @@ from dataclasses import dataclass, field
 _ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"
 
 
+_POOL = bytearray()
+_POOL_LOCK = threading.Lock()
+
+
+def _forget_pool() -> None:
+    """A forked worker must not hand out the ids its parent's pool would (nor wait on
+    a lock a thread of the parent held at the fork)."""
+    global _POOL_LOCK
+    _POOL_LOCK = threading.Lock()
+    _POOL.clear()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def new_id(length: int = 12) -> str:
     """A short, unguessable, printable identifier (no vowels: no accidental words).
 
-    One read of the system's random source per id (not one per character): ids are
-    made for every message on the hot path.
+    The system's random source is read 4 KB at a time, not once per id: ids are made
+    for every message on the hot path, and each read is a system call.
     """
-    n = int.from_bytes(secrets.token_bytes(length))
+    with _POOL_LOCK:  # store threads make ids too: no two may take the same bytes
+        if len(_POOL) < length:
+            _POOL.extend(os.urandom(4096))
+        n = int.from_bytes(_POOL[-length:])
+        del _POOL[-length:]
     out = []
     for _ in range(length):
         n, r = divmod(n, len(_ID_ALPHABET))

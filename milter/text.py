@@ -52,3 +52,13 @@ def json_dumps(value: Any, **kwargs: Any) -> str:
     """
     kwargs.setdefault("ensure_ascii", False)
     return _JSON_UNSAFE.sub(_json_escape, json.dumps(value, **kwargs))
+
+
+_LOG_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
+def json_line(value: Any) -> str:
+    """``json_dumps(value, default=str)`` on one line, with one encoder made once: a log
+    line is written for every message, and ``json.dumps`` with arguments builds a new
+    encoder each call."""
+    return _JSON_UNSAFE.sub(_json_escape, _LOG_ENCODER.encode(value))

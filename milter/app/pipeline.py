@@ -175,6 +175,20 @@ def _withdraw_quietly(store: StoreLike, qid: str, reason: str) -> None:
         log.failure("withdraw-failed", exc, quarantine_id=qid)
 
 
+_DATE: list[tuple[int, str]] = [(-1, "")]
+
+
+def _received_date(when: float) -> str:
+    """RFC 5322 date of the gateway's local time; formatted once a second, not once a
+    message (the formatting is a noticeable part of relaying a small message)."""
+    second = int(when)
+    cached = _DATE[0]
+    if cached[0] != second:
+        cached = (second, email.utils.formatdate(second, localtime=True))
+        _DATE[0] = cached
+    return cached[1]
+
+
 def received_header(config: GatewayConfig, env: Envelope) -> bytes:
     """The one header the gateway adds (RFC 5321 section 4.4)."""
     proto = ("UTF8SMTP" if env.smtputf8 else "ESMTP" if env.esmtp else "SMTP") + (
@@ -190,7 +204,7 @@ def received_header(config: GatewayConfig, env: Envelope) -> bytes:
     )
     ip = env.peer_addr or env.client_addr
     for_clause = f"\r\n\tfor <{env.rcpt_tos[0]}>" if len(env.rcpt_tos) == 1 else ""
-    date = email.utils.formatdate(env.received_at, localtime=True)
+    date = _received_date(env.received_at)
     line = (
         f"Received: from {helo} ([{ip}])\r\n\tby {config.hostname} (milter) with {proto}"
         f" id {env.queue_id}{for_clause};\r\n\t{date}\r\n"
@@ -455,7 +469,14 @@ class Pipeline:
             self._deliver(env, message, route, rewrites, rcpts)
             for (route, rewrites), rcpts in groups.items()
         ]
-        results = await asyncio.gather(*sends, return_exceptions=True)
+        results: list[tuple[DeliveryResult, Message] | BaseException]
+        if len(sends) == 1:  # the usual case: no task and no gathering future for one
+            try:
+                results = [await sends[0]]
+            except Exception as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(*sends, return_exceptions=True)
         leftovers: list[_Leftover] = []
         accepted = bool(records)  # a durable hold is a way out that accepted
         for (route, rewrites), rcpts, got in zip(groups, groups.values(), results, strict=True):

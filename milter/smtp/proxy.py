@@ -26,7 +26,7 @@ from milter import log, metrics
 from milter.app.pipeline import Pipeline
 from milter.config import GatewayConfig
 from milter.envelope import Dsn, Envelope, new_id
-from milter.message import SMUGGLING, Message, SpoolWriter, process_started, sweep_spool
+from milter.message import Message, SpoolWriter, process_started, smuggling, sweep_spool
 from milter.replies import (
     BAD_ADDRESS,
     LINE_TOO_LONG,
@@ -83,13 +83,16 @@ NEEDS_SMTPUTF8 = Reply(
 DATA_TIMEOUT = Reply(421, "Batas waktu habis / Timeout waiting for data, closing", "4.4.2")
 
 
+_BAD_ADDRESS_CHAR = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
 def _address_problem(address: str, smtputf8: bool) -> Reply | None:
     """Why an envelope address cannot be relayed as given, or None.
 
     aiosmtpd hands over bytes that are not UTF-8 as lone surrogates and lets
     control characters through; neither can go into the next hop's envelope.
     """
-    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in address):
+    if _BAD_ADDRESS_CHAR.search(address):
         return BAD_ADDRESS
     if not smtputf8 and not address.isascii():
         return NEEDS_SMTPUTF8
@@ -215,15 +218,30 @@ class Gateway:
         self.servers: list[asyncio.Server] = []
         self._changed = asyncio.Event()
         self.inflight: set[asyncio.Future[Any]] = set()
+        # Answers of ``allowed`` for the configuration they were computed under; asked
+        # at every MAIL and RCPT, and a reload may change ``clients``.
+        self._allowed: tuple[GatewayConfig, dict[str, bool]] = (config, {})
 
     def allowed(self, addr: str) -> bool:
+        config, known = self._allowed
+        if config is not self.config:
+            config, known = self._allowed = (self.config, {})
+        answer = known.get(addr)
+        if answer is None:
+            if len(known) >= 4096:
+                known.clear()
+            answer = known[addr] = self._allowed_now(addr, config)
+        return answer
+
+    @staticmethod
+    def _allowed_now(addr: str, config: GatewayConfig) -> bool:
         try:
             ip = ipaddress.ip_address(addr.split("%", 1)[0])
         except ValueError:
             return False
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
             ip = ip.ipv4_mapped
-        return any(ip in net for net in self.config.clients)
+        return any(ip in net for net in config.clients)
 
     def factory(self) -> GatewaySMTP:
         return GatewaySMTP(self)
@@ -602,19 +620,29 @@ class GatewaySMTP(SMTP):
         self._last_read = self.loop.time()
         self._receiving = True
         self._reset_timeout(cfg.data_timeout)
+        line_start = True  # the DATA line's CRLF came last: the terminator may be next
         try:
             while True:
+                # The terminator is looked for as "\n.\r\n", which a sentence ending a
+                # line does not match; only at a line's start can ".\r\n" alone end the
+                # data, so there the line's first byte is read by itself, and a line
+                # starting with a dot is read whole.
+                chunk = b""
+                sep = b"\n.\r\n"
+                if line_start:
+                    chunk = await reader.readexactly(1)
+                    if chunk == b".":
+                        sep = b"\n"
                 try:
-                    chunk = await reader.readuntil(b".\r\n")
+                    chunk += await reader.readuntil(sep)
                 except asyncio.LimitOverrunError as exc:
-                    chunk = await reader.readexactly(exc.consumed)
+                    chunk += await reader.readexactly(exc.consumed)
                     done = False
                 else:
                     done = (last + chunk[-5:])[-5:] == _TERMINATOR
+                line_start = chunk[-2:] == b"\r\n"  # every chunk holds at least 2 bytes
                 # Smuggling check per chunk, across the boundary, terminator excluded.
-                if refused is None and SMUGGLING.search(
-                    last[-2:] + (chunk[:-3] if done else chunk)
-                ):
+                if refused is None and smuggling(last[-2:] + (chunk[:-3] if done else chunk)):
                     refused = SMUGGLING_REPLY
                     spool.discard()
                 if refused is None:
