@@ -19,6 +19,7 @@ switched off: they double the series count and nothing here reads them.
 from __future__ import annotations
 
 import calendar
+import functools
 import logging
 import os
 import re
@@ -201,10 +202,31 @@ def declare_routes(routes: Iterable[Route]) -> None:
                 NEXTHOP_TLS_FAILURES.labels(route.name, reason)
 
 
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, remembered: the client library checks and locks on
+    every call, and a message touches a handful of series. No series is ever removed,
+    so a remembered child stays the one the registry exports."""
+    key = (id(metric), values)
+    found = _CHILDREN.get(key)
+    if found is None:
+        if len(_CHILDREN) >= 4096:  # rule names come from the policy: stay bounded
+            _CHILDREN.clear()
+        found = _CHILDREN[key] = metric.labels(*values)
+    return found
+
+
+@functools.lru_cache(maxsize=1024)
+def _clauses(clause: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in re.split(r"[,;]", clause) if c.strip())
+
+
 def clauses_of(clause: str | None) -> list[str]:
     """``"2.c, 3.b"`` -> ``["2.c", "3.b"]``; ``"2.c; UU 27/2022"`` -> ``["2.c", "UU
     27/2022"]``: a rule may enforce several clauses (and laws)."""
-    return [c.strip() for c in re.split(r"[,;]", clause or "") if c.strip()]
+    return list(_clauses(clause or ""))
 
 
 def declare_rules(rules: Iterable[Any]) -> None:
@@ -225,9 +247,9 @@ def count_rule_hits(results: Iterable[Any]) -> None:
         if not r.matched or r.name in seen:
             continue
         seen.add(r.name)
-        RULE_HITS.labels(r.name, r.clause or "", r.mode).inc()
-        for clause in clauses_of(r.clause):
-            CLAUSE_HITS.labels(clause, r.mode).inc()
+        child(RULE_HITS, r.name, r.clause or "", r.mode).inc()
+        for clause in _clauses(r.clause or ""):
+            child(CLAUSE_HITS, clause, r.mode).inc()
 
 
 def count_findings(findings: Any) -> None:

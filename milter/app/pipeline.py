@@ -367,10 +367,10 @@ class Pipeline:
             # part of the distribution an operator most needs to see.
             t1 = time.monotonic()
             metrics.INSPECTION.observe(t1 - t0)
-            metrics.STAGE_SECONDS.labels("inspection", "").observe(t1 - t0)
+            metrics.child(metrics.STAGE_SECONDS, "inspection", "").observe(t1 - t0)
         metrics.count_findings(findings)
         verdict = self.policy.evaluate(env, findings)
-        metrics.STAGE_SECONDS.labels("policy", "").observe(time.monotonic() - t1)
+        metrics.child(metrics.STAGE_SECONDS, "policy", "").observe(time.monotonic() - t1)
         return findings, verdict
 
     async def _inspect_in_thread(self, inspector: Inspector, message: Message) -> Findings:
@@ -627,10 +627,10 @@ class Pipeline:
         result = await self.deliverer.send(
             route, env.mail_from, addresses, out, smtputf8=env.smtputf8, dsn=env.dsn
         )
-        metrics.STAGE_SECONDS.labels("delivery", route).observe(time.monotonic() - t0)
+        metrics.child(metrics.STAGE_SECONDS, "delivery", route).observe(time.monotonic() - t0)
         if not result.ok:
             kind = "temporary" if result.code < 500 else "permanent"
-            metrics.NEXTHOP_ERRORS.labels(route, kind).inc()
+            metrics.child(metrics.NEXTHOP_ERRORS, route, kind).inc()
         return result, out
 
     async def _prepared(
@@ -767,7 +767,7 @@ class Pipeline:
             _withdraw_quietly(store, record.id, "stored after the client was answered 451")
 
         await self.store_calls(store.put, message.content(), record, late=stored_late)
-        metrics.STAGE_SECONDS.labels("quarantine", "").observe(time.monotonic() - t0)
+        metrics.child(metrics.STAGE_SECONDS, "quarantine", "").observe(time.monotonic() - t0)
         return record
 
     async def _notify(
@@ -795,9 +795,9 @@ class Pipeline:
     ) -> None:
         elapsed = time.monotonic() - started
         metrics.PROCESSING.observe(elapsed)
-        metrics.MESSAGES.labels(env.frontend, outcome.label).inc()
+        metrics.child(metrics.MESSAGES, env.frontend, outcome.label).inc()
         for o in outcome.recipients:
-            metrics.RECIPIENTS.labels(env.frontend, o.action).inc()
+            metrics.child(metrics.RECIPIENTS, env.frontend, o.action).inc()
         if outcome.reply.code < 400:
             metrics.MESSAGE_BYTES.inc(message.size)
         if verdict is not None:

@@ -25,14 +25,14 @@ _DRAFT_WORD = re.compile(
 )
 
 
-def text_evidence(text: str, place: str) -> list[str]:
+def text_evidence(text: str, place: str, *, low: str | None = None) -> list[str]:
     """Draft markings in a document text: a line that is only ``KONSEP``/``DRAFT``/
     ``RANCANGAN`` (with a version number at most); in capitals anywhere in a document,
     in any case in a page header or footer and in a watermark. Mail bodies do not count:
-    clause 2.f is about documents."""
+    clause 2.f is about documents. ``low`` is ``text.lower()`` when the caller has it."""
     if place == labels.BODY or not text:
         return []
-    low = text.lower()
+    low = text.lower() if low is None else low
     if "konsep" not in low and "draf" not in low and "rancangan" not in low:
         return []  # the common case, found at C speed before any line is looked at
     any_case = place in (labels.BAND, labels.WATERMARK)

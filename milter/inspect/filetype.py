@@ -10,7 +10,6 @@ its own.
 from __future__ import annotations
 
 import posixpath
-import re
 import threading
 
 import magic
@@ -33,6 +32,10 @@ def sniff(data: bytes) -> str:
     """The MIME type libmagic reports for ``data`` (``application/octet-stream`` if unsure)."""
     if not data:
         return "application/x-empty"
+    if data.startswith(b"%PDF-"):
+        # libmagic's own answer for this signature at offset 0, and nothing it tests
+        # ranks above it; asking costs 0.08 ms for a small report's PDF.
+        return "application/pdf"
     try:
         found = _magic().from_buffer(data[:SNIFF_BYTES])
     except (magic.MagicException, ValueError, OSError):
@@ -71,7 +74,8 @@ def by_signature(data: bytes) -> str | None:
 # left to libmagic (``MZ``/``ZM``: DOS and Windows executables; ``PK``: zip and every
 # format built on it; ``#!``: scripts; ``%PDF``/``%!``: PDF and PostScript).
 _MAGIC_ASCII_PREFIXES = (b"MZ", b"ZM", b"PK", b"#!", b"%PDF", b"%!", b"{\\rtf")
-_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+# The control bytes no text body holds (TAB, LF, FF and CR are text).
+_CONTROL_BYTES = bytes([*range(0x00, 0x09), 0x0B, *range(0x0E, 0x20), 0x7F])
 
 
 def text_body_type(data: bytes, declared: str) -> str | None:
@@ -88,7 +92,11 @@ def text_body_type(data: bytes, declared: str) -> str | None:
     """
     if declared not in ("text/plain", "text/html") or not data:
         return None
-    if data.startswith(_MAGIC_ASCII_PREFIXES) or _CONTROL.search(data):
+    if data.startswith(_MAGIC_ASCII_PREFIXES):
+        return None
+    # Deleting the control bytes changes the length only if there were any: a copy at
+    # memory speed, where a character-class search tests every byte.
+    if len(data.translate(None, _CONTROL_BYTES)) != len(data):
         return None
     if not data.isascii():
         try:

@@ -325,24 +325,30 @@ def _lone_lines(
     any_case: bool,
     why: str,
     names_only: bool = False,
+    low: str | None = None,
 ) -> list[Marking]:
     """Lines that are a level alone, judged by case, by position (``window``: only the
-    first and last non-empty lines; None: anywhere) and by the advertising around them."""
+    first and last non-empty lines; None: anywhere) and by the advertising around them.
+    ``low`` is ``text.lower()`` when the caller has it already."""
     found: list[Marking] = []
     seen: set[str] = set()
-    # Every spelling of a level contains its last word as it is (separators differ,
-    # words do not): a text without any of them has no such line, and most texts
-    # have none, which is found at C speed.
-    low = text.lower()
-    if not any(word in low for word in _last_words(scheme)):
-        return found
     if window is not None:
+        # At most twice ``window`` lines are judged, and the case test rejects most of
+        # them before any lookup: no need to look for level words in the whole text.
         lines = text.splitlines()
         ends = _ends(lines, window)
         for i in ends:
             raw = lines[i].strip(_LINE_TRIM)
             context = partial(_joined_near, lines, i)  # read only for a candidate line
             _judge(raw, context, scheme, any_case=any_case, why=why, found=found, seen=seen)
+        return found
+    # Every spelling of a level contains its last word as it is (separators differ,
+    # words do not): a text without any of them has no such line, and most texts
+    # have none, which is found at C speed. Where only the levels' own names count,
+    # only their words are looked for.
+    low = text.lower() if low is None else low
+    words = _last_words(scheme, names_only=names_only)
+    if not any(word in low for word in words):
         return found
     padded = "\n" + text
     for count, m in enumerate(_line_pattern(scheme).finditer(padded)):
@@ -355,18 +361,21 @@ def _lone_lines(
     return found
 
 
-def _last_words(scheme: LabelScheme) -> frozenset[str]:
-    key = scheme.names
+def _last_words(scheme: LabelScheme, *, names_only: bool = False) -> frozenset[str]:
+    """The last word of every spelling of a level (of the levels' own names only, with
+    ``names_only``), lower-cased."""
+    key = (names_only, scheme.names)
     found = _LAST_WORDS.get(key)
     if found is None:
-        found = frozenset(name.split(" ")[-1].lower() for name in scheme.names if name)
+        names = _level_names(scheme) if names_only else scheme.names
+        found = frozenset(name.split(" ")[-1].lower() for name in names if name)
         if len(_LAST_WORDS) > 64:
             _LAST_WORDS.clear()
         _LAST_WORDS[key] = found
     return found
 
 
-_LAST_WORDS: dict[tuple[str, ...], frozenset[str]] = {}
+_LAST_WORDS: dict[tuple[bool, tuple[str, ...]], frozenset[str]] = {}
 
 
 def _level_names(scheme: LabelScheme) -> frozenset[str]:
@@ -532,8 +541,11 @@ WATERMARK = "watermark"  # watermark text: any level, any case
 PLACES = (BODY, DOCUMENT, BAND, PAGE, WATERMARK)
 
 
-def text_markings(text: str, scheme: LabelScheme, place: str = BODY) -> list[Marking]:
-    """Every marking a text carries by position and form, each saying why it counted."""
+def text_markings(
+    text: str, scheme: LabelScheme, place: str = BODY, *, low: str | None = None
+) -> list[Marking]:
+    """Every marking a text carries by position and form, each saying why it counted.
+    ``low`` is ``text.lower()`` when the caller has it already."""
     found: list[Marking] = []
     if not text:
         return found
@@ -546,7 +558,7 @@ def text_markings(text: str, scheme: LabelScheme, place: str = BODY) -> list[Mar
                     found.append(Marking(raw, level, WHY_WATERMARK))
         return found
     if place == BAND:
-        found += _lone_lines(text, scheme, window=None, any_case=True, why=WHY_HEADER_LINE)
+        found += _lone_lines(text, scheme, window=None, any_case=True, why=WHY_HEADER_LINE, low=low)
     elif place in (PAGE, DOCUMENT):
         if place == PAGE:
             found += _page_bands(text, scheme)
@@ -555,7 +567,13 @@ def text_markings(text: str, scheme: LabelScheme, place: str = BODY) -> list[Mar
         # such as GENERAL or INTERNAL alone on a line there is a section heading.
         found += _lone_lines(text, scheme, window=8, any_case=False, why=WHY_DOCUMENT_LINE)
         found += _lone_lines(
-            text, scheme, window=None, any_case=False, why=WHY_DOCUMENT_LINE, names_only=True
+            text,
+            scheme,
+            window=None,
+            any_case=False,
+            why=WHY_DOCUMENT_LINE,
+            names_only=True,
+            low=low,
         )
     else:
         found += _lone_lines(text, scheme, window=8, any_case=False, why=WHY_BODY_LINE)

@@ -176,9 +176,11 @@ class Context:
         if not text:
             return
         place = place or (labels.BAND if marks_all else labels.BODY)
-        for marking in labels.text_markings(text, self.scheme, place):
+        # Both readers look for their words in the lower-cased text: made once here.
+        low = None if place == labels.BODY else text.lower()
+        for marking in labels.text_markings(text, self.scheme, place, low=low):
             self.add_marking(marking, source)
-        for evidence in drafts.text_evidence(text, place):
+        for evidence in drafts.text_evidence(text, place, low=low):
             self.add_draft(source, evidence)
         room = self.limits.text_bytes - self.text_len
         if room <= 0:
