@@ -105,6 +105,7 @@ import re
 import string
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from milter.config import parse_size
@@ -227,8 +228,9 @@ class Rule:
     bcc: tuple[str, ...] = ()
     notify: tuple[str, ...] = ()
 
-    @property
+    @cached_property
     def per_recipient(self) -> bool:
+        """Asked for every rule and recipient of every message: found once."""
         return any(c is not None and c.per_recipient for c in (self.when, self.unless))
 
     @property
