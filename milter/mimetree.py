@@ -14,8 +14,9 @@ the one buffer the message already occupies; only header fields are copied.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from email.errors import MessageError
 from email.header import decode_header, make_header
@@ -33,6 +34,14 @@ Buffer = bytes | memoryview
 # header blocks are a few KB; the bound keeps a hostile one from costing unbounded time.
 MAX_HEAD = 1 << 20
 _FOLD = re.compile(r"(?:\r\n|\r|\n)[ \t]")
+# A run of lines that ``FIELD`` accepts as a field or as a continuation line, each with
+# its line end, then the empty line that ends the block if it comes next. "From " lines
+# are left out: a run stops where ``split_head`` has more to decide than where a field
+# begins.
+_HEADER_LINES = re.compile(
+    rb"((?:(?:[\041-\071\073-\176]*+:|[ \t])[^\r\n]*+(?:\r\n?|\n))*+)(\r\n?|\n)?"
+)
+_BLANK = (32, 9)  # the first byte of a continuation line: a space or a tab
 
 
 def decode_words(value: str) -> str:
@@ -85,12 +94,33 @@ def split_head(raw: Buffer, *, top: bool = False) -> Head:
         pos = m.end() if m else size
         prefix = bytes(view[:pos])
     fields: list[bytes] = []
-    field: list[memoryview] = []  # the field being read: its line and continuation lines
+    field: list[Buffer] = []  # the field being read: its line and continuation lines
     sep = b""
     body_start = size
     missing = False
     limit = min(size, pos + MAX_HEAD)
-    while pos < size:
+    # The lines that are plainly header lines, and the empty line after them, found in
+    # one pass: the loop below is left what is unusual. A line ending where the search
+    # had to stop may have been cut short (half of a CR LF), so that one is left to it.
+    stop = min(size, limit + 1)
+    run = _HEADER_LINES.match(view, pos, stop)
+    if run is not None:
+        end = run.end(1)
+        if end > pos:
+            lines = view[pos:end].tobytes().splitlines(keepends=True)
+            if end == stop < size:
+                end -= len(lines.pop())
+            for line in lines:
+                if line[0] in _BLANK and field:
+                    field.append(line)
+                else:
+                    if field:
+                        fields.append(b"".join(field))
+                    field = [line]
+            pos = end
+        if run.start(2) == pos < limit:
+            sep, body_start = run.group(2), run.end(2)
+    while not sep and pos < size:
         if pos >= limit:  # a header block no mail needs: the rest is body, and a defect
             body_start, missing = pos, True
             break
@@ -115,9 +145,19 @@ def split_head(raw: Buffer, *, top: bool = False) -> Head:
     return Head(prefix, fields, sep, body_start, missing)
 
 
-def header_info(fields: Sequence[bytes], default_type: str = "text/plain") -> Message:
-    """The header block as a headers-only ``Message`` (``compat32``), with its defects."""
-    info = BytesHeaderParser(policy=compat32).parsebytes(b"".join(fields) + b"\n")
+def header_info(
+    fields: Sequence[bytes],
+    default_type: str = "text/plain",
+    *,
+    factory: Callable[..., Message] | None = None,
+) -> Message:
+    """The header block as a headers-only ``Message`` (``compat32``), with its defects.
+
+    ``factory`` makes the ``Message`` when given: a subclass, as the inspector's
+    ``mime.Headers``.
+    """
+    parser = BytesHeaderParser(factory, policy=compat32)
+    info = parser.parsebytes(b"".join(fields) + b"\n")
     info.set_default_type(default_type)
     return info
 
@@ -164,25 +204,59 @@ def delimiters(body: Buffer, boundary: bytes) -> Iterator[Delimiter]:
     follows a closing delimiter: the rewriter stops there, the inspector follows
     ``email`` in swallowing delimiter lines that come straight after another.
     """
+    for start, at, end, close in delimiter_spans(body, boundary):
+        yield Delimiter(start, at, end, close)
+
+
+@functools.lru_cache(maxsize=64)
+def _delimiter_line(boundary: bytes) -> re.Pattern[bytes]:
+    """A delimiter line's start: ``--boundary``, maybe ``--``, blanks up to a line end."""
+    return re.compile(b"--" + re.escape(boundary) + rb"(--)?[ \t]*(?=[\r\n]|\Z)")
+
+
+def delimiter_spans(
+    data: Buffer, boundary: bytes, first: int = 0, last: int | None = None
+) -> Iterator[tuple[int, int, int, bool]]:
+    """``delimiters`` of the body ``data[first:last]``, as tuples of offsets into ``data``.
+
+    The lines are those ``delimiters`` finds in the slice, and ``\\Z`` and the line
+    ends are the slice's own; only the offsets count from the start of ``data``. When
+    ``data`` is bytes or a view of all of it, ``bytes.find`` skips to where the boundary
+    next occurs, many times faster than ``re`` scans an attachment for it; the pattern
+    then starts there, and still does the scanning where the boundary occurs often
+    without making a delimiter line (``--b1`` in ``--b10``).
+    """
     if b"\r" in boundary or b"\n" in boundary:
         return  # email compares line by line: a boundary spanning lines matches none
-    # A literal first, so ``re`` scans for it as fast as ``bytes.find``; the check that
-    # it starts a line comes after, on the few places it occurs.
-    pattern = re.compile(b"--" + re.escape(boundary) + rb"(--)?[ \t]*(?=[\r\n]|\Z)")
-    view = memoryview(body)
-    for m in pattern.finditer(view):
-        at = m.start()
-        if at and view[at - 1] not in (10, 13):  # not at the start of a line
+    pattern = _delimiter_line(boundary)
+    view = memoryview(data)
+    stop = len(view) if last is None else last
+    literal = b"--" + boundary
+    whole = view.obj
+    find = None
+    if type(whole) is bytes and view.c_contiguous and view.nbytes == len(whole):
+        find = whole.find
+    pos = first
+    while True:
+        if find is not None:
+            pos = find(literal, pos, stop)
+            if pos < 0:
+                return
+        m = pattern.search(view, pos, stop)
+        if m is None:
+            return
+        at, end = m.span()
+        pos = end
+        if at > first and view[at - 1] not in (10, 13):  # not at the start of a line
             continue
         start = at
-        if at >= 2 and view[at - 2 : at].tobytes() == b"\r\n":
+        if at - first >= 2 and view[at - 2 : at].tobytes() == b"\r\n":
             start -= 2
-        elif at >= 1:  # a lone LF or CR
+        elif at > first:  # a lone LF or CR
             start -= 1
-        end = m.end()
-        after = view[end : end + 2].tobytes()
+        after = view[end : min(end + 2, stop)].tobytes()
         if after == b"\r\n":
             end += 2
         elif after[:1] in (b"\n", b"\r"):
             end += 1
-        yield Delimiter(start, at, end, bool(m.group(1)))
+        yield start, at, end, m.group(1) is not None

@@ -334,8 +334,9 @@ def _lone_lines(
     seen: set[str] = set()
     if window is not None:
         # At most twice ``window`` lines are judged, and the case test rejects most of
-        # them before any lookup: no need to look for level words in the whole text.
-        lines = text.splitlines()
+        # them before any lookup: no need to look for level words in the whole text,
+        # nor to split more of it than its two ends.
+        lines = _end_lines(text, window + _NEAR_SPAN)
         ends = _ends(lines, window)
         for i in ends:
             raw = lines[i].strip(_LINE_TRIM)
@@ -422,6 +423,30 @@ def _ends(lines: list[str], window: int) -> list[int]:
             if len(tail) == window:
                 break
     return head + tail[::-1]
+
+
+_NEAR_SPAN = 3  # non-empty lines of context on each side of a candidate (``_near``)
+_END_CHARS = 32 << 10  # of text taken from each end of a long text, first
+
+
+def _end_lines(text: str, need: int) -> list[str]:
+    """The lines of ``text`` as far as its first and last ``need`` non-empty lines reach.
+
+    For a long text, a slice of each end is split instead of the whole text; the line
+    cut by a slice is dropped, and the slices are used only when each still holds
+    ``need`` non-empty lines, so the ends (and their context) are what a split of the
+    whole text would give. Otherwise, or for a short text, the whole text is split.
+    """
+    if len(text) > 4 * _END_CHARS:
+        head = text[:_END_CHARS].splitlines()[:-1]
+        tail = text[-_END_CHARS:].splitlines()[1:]
+        if _non_empty(head) >= need and _non_empty(tail) >= need:
+            return head + tail
+    return text.splitlines()
+
+
+def _non_empty(lines: list[str]) -> int:
+    return sum(1 for line in lines if line.strip(_LINE_TRIM))
 
 
 def _joined_near(lines: list[str], i: int) -> str:
