@@ -22,6 +22,8 @@ from email.message import Message
 from email.policy import compat32
 from typing import Any
 
+import pybase64
+
 from milter import mimetree
 from milter.inspect import bounded
 from milter.mimetree import decode_words
@@ -475,6 +477,29 @@ _B64_JUNK = bytes(
 BASE64_AFTER_PAD = "base64 data after padding"
 
 
+_LINE_ENDS = b"\r\n"
+_STRICT_MIN = 4 << 10  # below this, the copies cost more than the faster decoding saves
+
+
+def _strict_base64(raw: memoryview) -> bytes | None:
+    """A body of well-formed base64 lines, decoded; None for anything else.
+
+    ``binascii.a2b_base64`` decodes about 40 MB/s, a byte at a time; pybase64 decodes
+    ten times faster with SIMD, but only strictly (``validate=True``): the alphabet,
+    padding at the end only, nothing else. So the line ends are deleted first, and what
+    still fails the strict check (spaces, junk, padding inside, a short last quantum)
+    is decoded by ``a2b_base64`` as before. Where both succeed they give the same
+    bytes: strict input leaves no room for the lenient decoder's choices.
+    """
+    if len(raw) < _STRICT_MIN:
+        return None
+    compact = bytes(raw).translate(None, _LINE_ENDS)
+    try:
+        return pybase64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
 def _base64(raw: memoryview) -> tuple[bytes, str | None]:
     """A base64 body decoded as ``email`` does, and what went wrong doing so.
 
@@ -484,6 +509,9 @@ def _base64(raw: memoryview) -> tuple[bytes, str | None]:
     It reads the message's own buffer, skipping line ends and other characters outside
     the alphabet, so a large attachment costs its decoded size.
     """
+    out = _strict_base64(raw)
+    if out is not None:
+        return out, None
     try:
         out = binascii.a2b_base64(raw)
         problem = None
