@@ -16,7 +16,7 @@ import re
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from milter.inspect import bounded, drafts, labels
@@ -488,19 +488,36 @@ _PDF_INFO = re.compile(
 )
 
 
-def pdf_info_fields(data: bytes) -> list[tuple[str, str, str]]:
+def pdf_info_fields(
+    data: bytes,
+    *,
+    found: list[tuple[bytes, bytes]] | None = None,
+    object_streams: list[bytes] | None = None,
+) -> list[tuple[str, str, str]]:
     """Title, Subject and Keywords of a PDF's document information, as
-    ``(where, name, value)``, from the file and its compressed object streams."""
+    ``(where, name, value)``, from the file and its compressed object streams. A caller
+    that has already scanned the file passes what ``_PDF_INFO`` finds in it as ``found``
+    (name and value) and the ``drafts.pdf_object_streams`` as ``object_streams``."""
     from milter.inspect.pdf import pdf_string
 
     out: list[tuple[str, str, str]] = []
-    for blob in drafts.pdf_dictionaries(data):
-        for m in _PDF_INFO.finditer(blob):
-            value = pdf_string(m.group(2)).strip()
-            entry = ("info", m.group(1).decode(), value)
-            if value and entry not in out and len(out) < 16:
-                out.append(entry)
+    for name, token in _pdf_info_pairs(data, found, object_streams):
+        value = pdf_string(token).strip()
+        entry = ("info", name.decode(), value)
+        if value and entry not in out and len(out) < 16:
+            out.append(entry)
     return out
+
+
+def _pdf_info_pairs(
+    data: bytes, found: list[tuple[bytes, bytes]] | None, object_streams: list[bytes] | None
+) -> Iterator[tuple[bytes, bytes]]:
+    if found is None:
+        found = [(m.group(1), m.group(2)) for m in _PDF_INFO.finditer(data)]
+    yield from found
+    for blob in drafts.pdf_object_streams(data) if object_streams is None else object_streams:
+        for m in _PDF_INFO.finditer(blob):
+            yield m.group(1), m.group(2)
 
 
 _PDF_STREAM = re.compile(rb"stream\r?\n")
@@ -509,12 +526,16 @@ _MAX_WATERMARK_STREAMS = 64
 _MAX_WATERMARK_BYTES = 2 << 20
 
 
-def pdf_watermarks(data: bytes) -> str:
+def pdf_watermarks(data: bytes, *, inflated: Mapping[int, bytes | int] | None = None) -> str:
     """Text a PDF marks as a watermark, one string per line: marked content
     ``/Artifact << /Subtype /Watermark >> BDC ... EMC`` in page content, and Form XObjects
     an editor tags as watermarks (Acrobat's ``/PieceInfo`` ``/Watermark``). Fonts with
-    plain encodings only; a watermark in an embedded CID font reads as nothing here."""
-    if b"Watermark" not in data and b"FlateDecode" not in data:
+    plain encodings only; a watermark in an embedded CID font reads as nothing here.
+
+    ``inflated`` holds streams the caller has inflated whole, by the offset of their
+    data, and is used as zlib's output: the data itself, or its size when it holds no
+    ``/Watermark``."""
+    if b"FlateDecode" not in data and b"Watermark" not in data:  # the first is found early
         return ""
     from milter.inspect.pdf import pdf_string
 
@@ -535,10 +556,17 @@ def pdf_watermarks(data: bytes) -> str:
             continue
         raw = data[m.end() : end]
         if b"/FlateDecode" in head:
-            try:
-                body = zlib.decompressobj().decompress(raw, budget)
-            except zlib.error:
+            whole = inflated.get(m.end()) if inflated else None
+            if isinstance(whole, int) and b"/Watermark" not in head:
+                budget -= min(whole, budget)  # no /Watermark in it: only its size counts
                 continue
+            if isinstance(whole, bytes):
+                body = whole[:budget]
+            else:
+                try:
+                    body = zlib.decompressobj().decompress(raw, budget)
+                except zlib.error:
+                    continue
         else:
             body = raw[:budget]
         budget -= len(body)

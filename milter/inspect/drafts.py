@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from milter.inspect import labels
 
@@ -121,45 +121,79 @@ _MAX_OBJSTM = 64
 _MAX_INFLATE = 4 << 20
 
 
-def pdf_review_annotations(data: bytes) -> list[str]:
+def pdf_review_annotations(
+    data: bytes,
+    *,
+    found: list[tuple[int, int, str]] | None = None,
+    object_streams: list[bytes] | None = None,
+) -> list[str]:
     """Review annotations (sticky notes, highlights, strike-outs, insertion carets) on a PDF.
 
     Annotation dictionaries sit in the file as they are or inside compressed object
     streams (any PDF re-saved by an optimiser); both are read, the latter inflated within
     a small fixed budget. Only the subtypes of review count: links and form fields are
-    not evidence of a draft.
+    not evidence of a draft. A caller that has already scanned the file passes what
+    ``_ANNOT`` finds in it as ``found`` and the ``pdf_object_streams`` as ``object_streams``.
     """
     counts: dict[str, int] = {}
-    for blob in pdf_dictionaries(data):
-        for m in _ANNOT.finditer(blob):
-            # A ``/Subtype /Text`` outside an annotation is rare, but an annotation
-            # dictionary always names /Annot or carries a /Rect: require one nearby.
-            around = blob[max(0, m.start() - 400) : m.end() + 400]
-            if b"/Annot" in around or b"/Rect" in around:
-                key = m.group(1).decode()
-                counts[key] = counts.get(key, 0) + 1
+    _count_annotations(data, _annotations(data) if found is None else found, counts)
+    for blob in pdf_object_streams(data) if object_streams is None else object_streams:
+        _count_annotations(blob, _annotations(blob), counts)
     return [f"review annotations {name} ({n})" for name, n in sorted(counts.items())]
+
+
+def _annotations(blob: bytes) -> list[tuple[int, int, str]]:
+    return [(m.start(), m.end(), m.group(1).decode()) for m in _ANNOT.finditer(blob)]
+
+
+def _count_annotations(
+    blob: bytes, found: list[tuple[int, int, str]], counts: dict[str, int]
+) -> None:
+    for start, end, key in found:
+        # A ``/Subtype /Text`` outside an annotation is rare, but an annotation
+        # dictionary always names /Annot or carries a /Rect: require one nearby.
+        around = blob[max(0, start - 400) : end + 400]
+        if b"/Annot" in around or b"/Rect" in around:
+            counts[key] = counts.get(key, 0) + 1
 
 
 def pdf_dictionaries(data: bytes) -> Iterator[bytes]:
     """The file itself, then each compressed object stream inflated (a small fixed budget):
     between them they hold every dictionary of a PDF."""
     yield data
+    yield from pdf_object_streams(data)
+
+
+def pdf_object_streams(
+    data: bytes,
+    found: Iterable[int] | None = None,
+    inflated: Mapping[int, bytes | int] | None = None,
+) -> Iterator[bytes]:
+    """Each compressed object stream of a PDF inflated, within a small fixed budget.
+
+    ``found`` is where each ``/Type /ObjStm`` ends, when the caller has scanned the file
+    already; ``inflated`` holds streams the caller has inflated whole, by the offset of
+    their data (an ``int`` is the size of one not kept), and is used as zlib's output.
+    """
     budget = _MAX_INFLATE
     seen = 0
-    for m in _OBJSTM.finditer(data):
+    for after in (m.end() for m in _OBJSTM.finditer(data)) if found is None else found:
         if seen >= _MAX_OBJSTM or budget <= 0:
             return
         seen += 1
-        s = _STREAM.search(data, m.end(), m.end() + 4096)
+        s = _STREAM.search(data, after, after + 4096)
         if s is None:
             continue
         end = data.find(b"endstream", s.end())
         if end == -1:
             continue
-        try:
-            out = zlib.decompressobj().decompress(data[s.end() : end], budget)
-        except zlib.error:
-            continue
+        whole = inflated.get(s.end()) if inflated else None
+        if isinstance(whole, bytes):
+            out = whole[:budget]
+        else:
+            try:
+                out = zlib.decompressobj().decompress(data[s.end() : end], budget)
+            except zlib.error:
+                continue
         budget -= len(out)
         yield out

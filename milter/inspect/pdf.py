@@ -28,41 +28,77 @@ import codecs
 import encodings.cp1252
 import re
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 
-from milter.inspect import bounded
+from milter.inspect import bounded, documents, drafts
 from milter.inspect.labels import is_classification_property
 
 _STREAM = re.compile(rb">>\s*stream\r?\n")
-# Only from the start of a number: inside a run of digits ``\d+`` would retry each suffix.
-_OBJ = re.compile(rb"(?<!\d)\d+\s+\d+\s+obj\b")
+# The last ``(?<!\d)\d+\s+\d+\s+obj\b`` before a stream, searched for backwards: in the
+# reversed bytes it is the first match, found by its literal ``jbo`` where the forward
+# pattern had to be tried at every byte. Two such matches never overlap, so the first
+# one in the reversed bytes is the last one a forward scan would find.
+_OBJ_REVERSED = re.compile(rb"jbo(?<![A-Za-z0-9_]jbo)\s+\d+\s+\d+(?!\d)")
 _INFO_PAIR = re.compile(
     rb"/([A-Za-z0-9_#.\-]{3,80})\s*(\((?:\\.|[^\\)]){0,400}\)|<[0-9A-Fa-f\s]{0,800}>)"
 )
+# Everything the raw bytes are searched for, in one pass: at each ``/``, a name with a
+# string value (``_INFO_PAIR``, hence ``documents._PDF_INFO`` as well), an object stream
+# (``drafts._OBJSTM``), a review annotation (``drafts._ANNOT``), an ``/Encrypt``
+# reference, or a font marker (``_COMPLEX_FONTS``). The alternatives sit in a lookahead,
+# so the scan moves on one byte and every ``/`` is tried, as each separate scan would;
+# only the name with a value can start where a font marker does (``/Type0 (x)``), and
+# the caller looks for the marker in that name. Matches of a name with a value can
+# hold one another (a value may contain ``/Title (x)``): which ones a ``finditer`` of
+# their own pattern would give is worked out from the spans.
+_NAMES = re.compile(
+    rb"/(?=([A-Za-z0-9_#.\-]{3,80})\s*(\((?:\\.|[^\\)]){0,400}\)|<[0-9A-Fa-f\s]{0,800}>)"
+    rb"|(Type\s*/ObjStm)"
+    rb"|Subtype\s*/(Text|Highlight|StrikeOut|Caret)(?![A-Za-z0-9])"
+    rb"|(Encrypt\s+\d+\s+\d+\s+R)"
+    rb"|(?:Type0|Identity-H|ToUnicode|Differences))"
+)
+_FONT_NAMES = (b"Type0", b"Identity-H", b"ToUnicode", b"Differences")
+_DOC_INFO = frozenset({b"Title", b"Subject", b"Keywords"})
 _XMP_ELEM = re.compile(rb"<(?:[\w.\-]+:)?([\w.\-]{3,80})>([^<]{1,200})</")
 _XMP_ATTR = re.compile(rb"\s(?:[\w.\-]+:)([\w.\-]{3,80})=\"([^\"]{1,200})\"")
 # The tokens of a content stream that text extraction needs, and nothing else, so one
-# ``findall`` does the scanning in C. No two alternatives start with the same byte, so
-# each token is told by its first one. Strings nest one level, as in most producers;
-# a string nested deeper is not a token and the scan resumes inside it. The string
-# loops are possessive (linear, no backtracking) and match what a backtracking loop
-# would: their branches start with different bytes, none of them ``)``, so giving back
-# an iteration could never let the closing ``)`` match. Runs of plain bytes go in one
-# step instead of one alternation per byte, which is most of the scanning time.
-# Only negative numbers are kept (a gap in a ``TJ`` array); a positive number's bytes
-# (digits, ``.``) begin no other token, so leaving them out changes no other token.
+# ``findall`` does the scanning in C. Apart from the two kinds of literal string below,
+# no two alternatives start with the same byte, so each token is told by its first one.
+# Strings nest one level, as in most producers; a string nested deeper is not a token
+# and the scan resumes inside it. The string loops are possessive (linear, no
+# backtracking) and match what a backtracking loop would: their branches start with
+# different bytes, none of them ``)``, so giving back an iteration could never let the
+# closing ``)`` match. Runs of plain bytes go in one step instead of one alternation per
+# byte, which is most of the scanning time; ``[\x00-'*-\[\]-\xff]`` is ``[^\\()]``
+# written as ranges, which compiles to one bitmap test per byte instead of a test for
+# each excluded byte. Only negative numbers are kept (a gap in a ``TJ`` array); a
+# positive number's bytes (digits, ``.``) begin no other token, so leaving them out
+# changes no other token.
+# The first alternative is the usual text of a generated report: a plain literal string
+# (no escape, no nested string) shown by ``Tj`` or ``TJ``, then any number of lines of
+# ``T*`` and another such string and ``Tj``, all one token read in one step. Only
+# whitespace, which starts no token, sits between them, so the tokens around are the
+# same as if each were its own; the line that does not complete is scanned again from
+# its string, once, as is a string that is not plain (by the general alternative).
 _TOKEN = re.compile(
-    rb"\((?:[^\\()]++|\\.|\((?:[^\\()]++|\\.)*+\))*+\)|<[0-9A-Fa-f\s]*+>|[\[\]'\"]|-\d*\.?\d+|"
-    rb"T[jJdDm*]|BT|ET"
+    rb"\([\x00-'*-\[\]-\xff]*+\)\s*+T[jJ]"
+    rb"(?:\s*+T\*(?:\s*+\([\x00-'*-\[\]-\xff]*+\)\s*+T[jJ]\s*+T\*)*+)?"
+    rb"|\((?:[\x00-'*-\[\]-\xff]++|\\.|\((?:[\x00-'*-\[\]-\xff]++|\\.)*+\))*+\)"
+    rb"|<[0-9A-Fa-f\s]*+>|[\[\]'\"]|-\d*\.?\d+|T[jJdDm*]|BT|ET"
 )
 _HEX_JUNK = re.compile(rb"[^0-9A-Fa-f]")
+_FILTERS = re.compile(rb"/(\w+Decode|Fl|AHx|A85|LZW|RL|DCT)\b")
+# Inflated streams up to this size are inflated in one call (``_inflate_whole``).
+_WHOLE_MAX = min(bounded.SQUEEZE_MIN, bounded.RATIO_ALLOWANCE, bounded.CHUNK)
 _CP1252 = encodings.cp1252.decoding_table
 # First bytes of the tokens above.
-_OPEN, _HEX, _ARRAY, _END_ARRAY, _QUOTE, _DQUOTE = b"(<[]'\""
-_T, _B, _E, _j, _J = b"TBEjJ"
+_OPEN, _CLOSE, _HEX, _ARRAY, _END_ARRAY, _QUOTE, _DQUOTE = b"()<[]'\""
+_T, _B, _E, _j, _J, _STAR = b"TBEjJ*"
 _ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"f": b"\f"}
 _ESC = re.compile(rb"\\([0-7]{1,3}|.)", re.DOTALL)
 _MSIP_KEY = re.compile(r"MSIP_Label_[0-9a-fA-F\-]{36}_(Name|Enabled)", re.IGNORECASE)
@@ -70,17 +106,11 @@ _NAME_ESC = re.compile(r"#([0-9A-Fa-f]{2})")
 
 # A renderer fallback needs these: fonts whose codes are not characters.
 _COMPLEX_FONTS = (b"/Type0", b"/Identity-H", b"/ToUnicode", b"/Differences")
-_SKIP_STREAM = (
-    b"/Image",
-    b"/Length1",
-    b"/Length2",
-    b"/Length3",
-    b"/FontFile",
-    b"/XRef",
-    b"/Type1C",
-    b"/CIDFontType0C",
-    b"/OpenType",
-    b"/ICCBased",
+# Streams that hold no text: images, fonts, the cross-reference stream, colour profiles.
+# One search for all of them: ``in`` on bytes first tries its operand as a byte value,
+# and raises and clears an exception for each of them.
+_SKIP_STREAM = re.compile(
+    rb"/(?:Image|Length[123]|FontFile|XRef|Type1C|CIDFontType0C|OpenType|ICCBased)"
 )
 
 
@@ -112,6 +142,12 @@ class PdfResult:
     text_cut: bool = False  # text past ``max_text`` was left out
     image_pages: list[int] = field(default_factory=list)  # 0-based, pages for OCR
     pages: int = 0  # page count, when the renderer opened the document
+    # What ``documents.pdf_info_fields``, ``drafts.pdf_review_annotations`` and (unless
+    # encrypted) ``documents.pdf_watermarks`` give for the same bytes, read from the
+    # streams this pass inflated instead of inflating them again.
+    info_fields: list[tuple[str, str, str]] = field(default_factory=list)
+    review: list[str] = field(default_factory=list)
+    watermarks: str = ""
 
 
 def _unescape_literal(raw: bytes) -> bytes:
@@ -137,6 +173,11 @@ def pdf_string(token: bytes) -> str:
         raw = token[1:-1]
         if b"\\" in raw:
             raw = _unescape_literal(raw)
+    return _literal_text(raw)
+
+
+def _literal_text(raw: bytes) -> str:
+    """The bytes of a string (unescaped, or from hex) as text."""
     if raw.isascii():  # the usual case; no BOM is ASCII, and cp1252 is ASCII below 0x80
         return raw.decode("ascii")
     if raw[:2] == b"\xfe\xff":
@@ -157,6 +198,49 @@ def _info_properties(blob: bytes, where: str, out: list[tuple[str, str, str]]) -
         name = _name(m.group(1))
         if is_classification_property(name) or _MSIP_KEY.fullmatch(name):
             out.append((where, name, pdf_string(m.group(2)).strip()))
+
+
+@dataclass
+class _Names:
+    """What the one pass of ``_NAMES`` over a file's raw bytes found."""
+
+    properties: list[tuple[str, str, str]] = field(default_factory=list)
+    info_fields: list[tuple[bytes, bytes]] = field(default_factory=list)  # (name, value)
+    annotations: list[tuple[int, int, str]] = field(default_factory=list)  # (start, end, subtype)
+    object_streams: list[int] = field(default_factory=list)  # where ``/Type /ObjStm`` ends
+    encrypt: bool = False
+    fonts: bool = False
+
+
+def _scan_names(data: bytes) -> _Names:
+    """Document info properties, Title/Subject/Keywords, review annotations, object
+    streams, an ``/Encrypt`` reference and font markers in the raw bytes, as the
+    separate scans for each give them."""
+    found = _Names()
+    pair_end = field_end = 0  # where the last match of _INFO_PAIR / _PDF_INFO ended
+    for m in _NAMES.finditer(data):
+        name = m.group(1)
+        if name is not None:
+            at, end = m.start(), m.end(2)
+            if at >= pair_end:
+                pair_end = end
+                key = _name(name)
+                if is_classification_property(key) or _MSIP_KEY.fullmatch(key):
+                    found.properties.append(("info", key, pdf_string(m.group(2)).strip()))
+            if at >= field_end and name in _DOC_INFO:
+                field_end = end
+                found.info_fields.append((name, m.group(2)))
+            if not found.fonts and name.startswith(_FONT_NAMES):
+                found.fonts = True
+        elif m.group(3) is not None:
+            found.object_streams.append(m.end(3))
+        elif m.group(4) is not None:
+            found.annotations.append((m.start(), m.end(4), m.group(4).decode()))
+        elif m.group(5) is not None:
+            found.encrypt = True
+        else:
+            found.fonts = True
+    return found
 
 
 def _xmp_properties(blob: bytes, out: list[tuple[str, str, str]]) -> None:
@@ -192,7 +276,31 @@ def _content_text(stream: bytes) -> str:
     in_array = False
     for tok in _TOKEN.findall(stream):
         first = tok[0]
-        if first == _B:  # BT
+        if first == _OPEN:
+            if not in_text:
+                continue
+            last = tok[-1]
+            if last == _CLOSE:
+                pending.append(pdf_string(tok))
+                continue
+            # Plain strings shown by ``Tj``/``TJ``: one, or lines of them ended by ``T*``.
+            # A text of several lines is one item of ``lines``, which are joined by
+            # line ends in the end.
+            # Only its strings hold no parenthesis: split at both, they are every other piece.
+            strings = tok.replace(b")", b"(").split(b"(")[1::2]
+            joined = b"\n".join(strings)
+            if joined.isascii():
+                shown = joined.decode("ascii")
+            else:
+                shown = "\n".join([_literal_text(raw) for raw in strings])
+            if pending:
+                current.extend(pending)
+                pending = []
+            current.append(shown)
+            if last == _STAR:
+                lines.append("".join(current))
+                current = []
+        elif first == _B:  # BT
             in_text = True
         elif first == _E:  # ET
             in_text = False
@@ -201,7 +309,7 @@ def _content_text(stream: bytes) -> str:
                 current = []
         elif not in_text:
             continue
-        elif first in (_OPEN, _HEX):
+        elif first == _HEX:
             pending.append(pdf_string(tok))
         elif first == _T:
             if tok[1] in (_j, _J):  # Tj, TJ
@@ -231,51 +339,110 @@ def _stream_dict(data: bytes, stream_pos: int, floor: int = 0) -> bytes:
     of the previous stream), so no byte is searched for it twice."""
     lo = max(floor, stream_pos - 4096)
     head = data[lo:stream_pos]
-    last = None
-    for m in _OBJ.finditer(head):
-        last = m
-    return head[last.end() :] if last else head
+    last = _OBJ_REVERSED.search(head[::-1])
+    return head[len(head) - last.start() :] if last else head
 
 
 def _decode_stream(
     dictionary: bytes, raw: bytes, budget: int, ratio: float
-) -> bounded.Decoded | None:
+) -> tuple[bounded.Decoded | None, bytes | None]:
     """A stream's data within ``budget`` kept bytes; None when its filter is not Flate.
 
     Inflated text-like streams skip whitespace padding; embedded files are inflated as
-    they are. A stream cut at a limit keeps what was read and says why.
+    they are. A stream cut at a limit keeps what was read and says why. The second
+    item is the whole inflated data of a small Flate stream (``_inflate_whole``).
     """
     if b"/Filter" not in dictionary:
         if len(raw) > budget:
-            return bounded.Decoded(raw[:budget], len(raw), "expanded bytes limit reached")
-        return bounded.Decoded(raw, len(raw))
-    filters = re.findall(
-        rb"/(\w+Decode|Fl|AHx|A85|LZW|RL|DCT)\b", dictionary.split(b"/Filter", 1)[1][:200]
-    )
-    if filters and all(f in (b"FlateDecode", b"Fl") for f in filters) and len(filters) == 1:
-        return bounded.inflate(
-            raw, limit=budget, ratio=ratio, pad=b"/EmbeddedFile" not in dictionary
-        )
-    return None
+            return bounded.Decoded(raw[:budget], len(raw), "expanded bytes limit reached"), None
+        return bounded.Decoded(raw, len(raw)), None
+    filters = _FILTERS.findall(dictionary.split(b"/Filter", 1)[1][:200])
+    if filters in ([b"FlateDecode"], [b"Fl"]):
+        whole = _inflate_whole(raw, budget)
+        if whole is not None:
+            return whole
+        pad = b"/EmbeddedFile" not in dictionary
+        return bounded.inflate(raw, limit=budget, ratio=ratio, pad=pad), None
+    return None, None
+
+
+def _inflate_whole(raw: bytes, budget: int) -> tuple[bounded.Decoded, bytes] | None:
+    """A Flate stream small enough to inflate in one call, as ``bounded.inflate`` would
+    give it, and its whole inflated data to share with the other readers of the same
+    stream; None when it is not such a stream (``bounded.inflate`` then reads it).
+
+    Such a stream is fed in one slice and yields one chunk, too small to be squeezed or
+    to reach the ratio allowance: only the byte limit can cut it. That the inflater
+    reached the end of the stream says its data is whole, and that the bytes after it
+    (the line end before ``endstream``) change nothing.
+    """
+    if len(raw) > bounded.FEED:
+        return None
+    dec = zlib.decompressobj()
+    try:
+        out = dec.decompress(raw, _WHOLE_MAX + 1)
+    except zlib.error:
+        return None
+    if not dec.eof or len(out) > _WHOLE_MAX:
+        return None
+    cut = "expanded bytes limit reached" if len(out) > budget else None
+    return bounded.Decoded(out[:budget], len(out), cut), out
 
 
 def inspect_pdf(
     data: bytes, *, max_text: int, max_expand: int, deadline: float, ratio: float = 100.0
 ) -> PdfResult:
-    """Classification properties, encryption and page text of a PDF, within the given bounds.
+    """Classification properties, encryption and page text of a PDF, within the given bounds;
+    and its Title, Subject and Keywords, review annotations and watermark text.
 
     A stream cut at a limit (expanded bytes, expansion ratio, time) makes the reason;
     the renderer is then not asked either, since it would inflate the same streams
-    without any bound.
+    without any bound. The readers of info fields, annotations and watermarks keep
+    their own budgets and take what this pass inflated instead of inflating it again.
     """
-    result = PdfResult()
+    names = _scan_names(data)
+    inflated: dict[int, bytes | int] = {}
+    result = _read(
+        data,
+        names,
+        inflated,
+        max_text=max_text,
+        max_expand=max_expand,
+        deadline=deadline,
+        ratio=ratio,
+    )
+    object_streams = list(drafts.pdf_object_streams(data, names.object_streams, inflated))
+    result.info_fields = documents.pdf_info_fields(
+        data, found=names.info_fields, object_streams=object_streams
+    )
+    result.review = drafts.pdf_review_annotations(
+        data, found=names.annotations, object_streams=object_streams
+    )
+    if not result.encrypted:
+        result.watermarks = documents.pdf_watermarks(data, inflated=inflated)
+    return result
+
+
+def _read(
+    data: bytes,
+    names: _Names,
+    inflated: dict[int, bytes | int],
+    *,
+    max_text: int,
+    max_expand: int,
+    deadline: float,
+    ratio: float,
+) -> PdfResult:
+    """``inspect_pdf`` but for the other readers; the streams it inflated whole go to
+    ``inflated`` by the offset of their data: an object stream or one that names
+    ``/Watermark`` as its data, any other by its size only."""
+    result = PdfResult(properties=names.properties)
     trailer_zone = data[-4096:] if len(data) > 4096 else data
-    _info_properties(data, "info", result.properties)
     _xmp_properties(data, result.properties)
-    if b"/Encrypt" in trailer_zone or re.search(rb"/Encrypt\s+\d+\s+\d+\s+R", data):
+    if b"/Encrypt" in trailer_zone or names.encrypt:
         return _read_encrypted(data, result, max_text=max_text, deadline=deadline)
 
-    needs_renderer = any(marker in data for marker in _COMPLEX_FONTS)
+    needs_renderer = names.fonts
     scan_sized = False
     expanded = 0
     text_len = 0
@@ -296,7 +463,7 @@ def inspect_pdf(
         # The next stream is looked for after this one: stream data may hold anything.
         floor, pos = pos, max(end, start)
         dictionary = _stream_dict(data, m.start() + 2, floor)
-        if any(marker in dictionary for marker in _SKIP_STREAM):
+        if _SKIP_STREAM.search(dictionary):
             if not scan_sized and b"/Image" in dictionary:
                 scan_sized = _scan_sized(dictionary)
             continue
@@ -304,7 +471,11 @@ def inspect_pdf(
         if remaining <= 0:
             cut = "PDF expansion limit reached"
             break
-        decoded = _decode_stream(dictionary, data[start:end].rstrip(b"\r\n"), remaining, ratio)
+        raw = data[start:end].rstrip(b"\r\n")
+        decoded, whole = _decode_stream(dictionary, raw, remaining, ratio)
+        if whole is not None:
+            keep = b"/ObjStm" in dictionary or b"/Watermark" in whole
+            inflated[start] = whole if keep else len(whole)
         if decoded is None:
             if b"/DCTDecode" not in dictionary and b"/JPXDecode" not in dictionary:
                 unreadable += 1

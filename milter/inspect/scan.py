@@ -1114,7 +1114,7 @@ def _pdf(
         deadline=ctx.deadline,
         ratio=ctx.limits.expansion_ratio,
     )
-    _properties(ctx, result.properties + documents.pdf_info_fields(data), src)
+    _properties(ctx, result.properties + result.info_fields, src)
     if result.encrypted:
         state.flags.add(ENCRYPTED)
     if result.reason:
@@ -1123,10 +1123,10 @@ def _pdf(
         ctx.note_unscannable("text limit reached")
     for page in result.text:
         ctx.add_text(page, f"{src}:text", place=labels.PAGE)
-    for evidence in drafts.pdf_review_annotations(data):
+    for evidence in result.review:
         ctx.add_draft(src, evidence)
     if not result.encrypted:
-        ctx.add_text(documents.pdf_watermarks(data), f"{src}:watermark", place=labels.WATERMARK)
+        ctx.add_text(result.watermarks, f"{src}:watermark", place=labels.WATERMARK)
     if result.image_pages:
         _ocr(ctx, state, ocr.PDF, data, src=src, pages=result.image_pages)
     _embedded(ctx, state, result.embedded, path=path, depth=depth, arch_depth=arch_depth)
