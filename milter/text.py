@@ -54,11 +54,15 @@ def json_dumps(value: Any, **kwargs: Any) -> str:
     return _JSON_UNSAFE.sub(_json_escape, json.dumps(value, **kwargs))
 
 
-_LOG_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+# Log records hold no cycles (dicts and lists built for the line): no circular check.
+_LOG_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str, check_circular=False)
 
 
 def json_line(value: Any) -> str:
     """``json_dumps(value, default=str)`` on one line, with one encoder made once: a log
     line is written for every message, and ``json.dumps`` with arguments builds a new
     encoder each call."""
-    return _JSON_UNSAFE.sub(_json_escape, _LOG_ENCODER.encode(value))
+    line = _LOG_ENCODER.encode(value)
+    if line.isascii() and "\x7f" not in line:  # no unsafe character but DEL is ASCII
+        return line
+    return _JSON_UNSAFE.sub(_json_escape, line)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
@@ -84,6 +85,28 @@ DATA_TIMEOUT = Reply(421, "Batas waktu habis / Timeout waiting for data, closing
 
 
 _BAD_ADDRESS_CHAR = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO}
+_library_sanitized_log = aiosmtpd.smtp.sanitized_log
+
+
+def _sanitized_log(func: Any, msg: Any, *args: Any, **kwargs: Any) -> None:
+    """aiosmtpd's ``sanitized_log``, skipped when its logger would drop the call.
+
+    aiosmtpd masks AUTH data in every command line it logs (a pattern match and a list
+    per line, twice per command) before the logger, which ``log.setup`` sets to WARNING,
+    drops the DEBUG and INFO calls anyway: a noticeable share of relaying a small message.
+    """
+    logger = getattr(func, "__self__", None)
+    level = _LEVELS.get(getattr(func, "__name__", ""))
+    if isinstance(logger, logging.Logger) and level is not None:
+        if not logger.isEnabledFor(level):
+            return
+    _library_sanitized_log(func, msg, *args, **kwargs)
+
+
+aiosmtpd.smtp.sanitized_log = _sanitized_log
 
 
 def _address_problem(address: str, smtputf8: bool) -> Reply | None:
