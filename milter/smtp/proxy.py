@@ -100,9 +100,8 @@ def _sanitized_log(func: Any, msg: Any, *args: Any, **kwargs: Any) -> None:
     """
     logger = getattr(func, "__self__", None)
     level = _LEVELS.get(getattr(func, "__name__", ""))
-    if isinstance(logger, logging.Logger) and level is not None:
-        if not logger.isEnabledFor(level):
-            return
+    if isinstance(logger, logging.Logger) and level is not None and not logger.isEnabledFor(level):
+        return
     _library_sanitized_log(func, msg, *args, **kwargs)
 
 
