@@ -308,8 +308,14 @@ class SmtpConnection:
         self.extensions = ext
 
     async def read_reply(self, step: str = "reply") -> Reply:
-        """The next complete reply, read strictly (see ``_read_reply``), within the timeout."""
+        """The next complete reply, read strictly (see ``_read_reply``), within the timeout.
+
+        A one-line reply already received is read without arming the timer: nothing is
+        waited for (pipelined replies usually arrive together).
+        """
         try:
+            if self._line_ready():
+                return await self._read_reply(step)
             async with asyncio.timeout(self.route.timeout):
                 return await self._read_reply(step)
         except ValueError:  # StreamReader.readline: a line beyond the reader's limit
@@ -386,6 +392,15 @@ class SmtpConnection:
             return False
         wanted = " or ".join(str(c) for c in sorted(success))
         raise self.anomaly(step, f"answered {reply.code} where {wanted} or a refusal was due")
+
+    def _line_ready(self) -> bool:
+        """Is a final reply line (``NNN `` or ``NNN`` alone) whole in the read buffer?
+        See ``unread`` for how the buffer is read."""
+        buffer = getattr(self.reader, "_buffer", None)
+        if not isinstance(buffer, (bytes, bytearray)):
+            return False
+        eol = buffer.find(b"\n")
+        return eol >= 3 and buffer[3:4] != b"-"
 
     def unread(self) -> int:
         """How many bytes the next hop sent that no reply read has consumed, without
