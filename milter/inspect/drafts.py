@@ -157,13 +157,6 @@ def _count_annotations(
             counts[key] = counts.get(key, 0) + 1
 
 
-def pdf_dictionaries(data: bytes) -> Iterator[bytes]:
-    """The file itself, then each compressed object stream inflated (a small fixed budget):
-    between them they hold every dictionary of a PDF."""
-    yield data
-    yield from pdf_object_streams(data)
-
-
 def pdf_object_streams(
     data: bytes,
     found: Iterable[int] | None = None,
